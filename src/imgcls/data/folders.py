@@ -1,0 +1,240 @@
+"""Finding labelled images on disk: split folders, class folders, or a labels CSV.
+
+Layouts:
+  ROOT/{train,validation|val|valid,test}/<class>/*   splits given by the user
+  ROOT/<class>/*                                     one pool, split here (stratified, seeded)
+  ROOT/** + labels.csv (path,labels)                 multi-label, labels separated by ';'
+A `predict/` folder holds unlabelled input and is never a class.
+"""
+from __future__ import annotations
+
+import csv
+import glob
+import hashlib
+import logging
+import random
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import ImgclsError
+from .images import is_image_path
+
+log = logging.getLogger(__name__)
+
+SPLIT_ALIASES = {"train": "train", "validation": "validation", "val": "validation", "valid": "validation", "test": "test"}
+UNLABELLED_FOLDERS = frozenset({"predict"})
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    labels: tuple[int, ...]  # class indices; exactly one unless the dataset is multi-label
+
+
+@dataclass
+class LabelledImages:
+    root: Path
+    classes: list[str]
+    splits: dict[str, list[Sample]] = field(default_factory=dict)
+    multi_label: bool = False
+
+    def fingerprint(self) -> str:
+        """Changes when any file is added, removed, resized or touched; cheap (no reads)."""
+        digest = hashlib.sha1("\n".join(self.classes).encode())
+        for split in sorted(self.splits):
+            for sample in self.splits[split]:
+                stat = sample.path.stat()
+                digest.update(f"{split}|{sample.path}|{stat.st_size}|{stat.st_mtime_ns}|{sample.labels}".encode())
+        return digest.hexdigest()[:16]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Images per class per split (a multi-label image counts once for each of its labels)."""
+        table = {}
+        for split, samples in self.splits.items():
+            per_class = dict.fromkeys(self.classes, 0)
+            for sample in samples:
+                for label in sample.labels:
+                    per_class[self.classes[label]] += 1
+            table[split] = per_class
+        return table
+
+
+def _subfolders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _images_under(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_path(p))
+
+
+def _read_class_folders(folder: Path, multi_label: bool) -> dict[Path, set[str]]:
+    """Map each image to its class names; in multi-label mode identical files in several
+    class folders are one image with several labels."""
+    class_dirs = [d for d in _subfolders(folder) if d.name.lower() not in UNLABELLED_FOLDERS]
+    labelled: dict[Path, set[str]] = {}
+    by_content: dict[str, Path] = {}
+    for class_dir in class_dirs:
+        images = _images_under(class_dir)
+        if not images:
+            raise ImgclsError(f"class folder '{class_dir}' has no images; add some or remove the folder")
+        for path in images:
+            if multi_label:
+                key = hashlib.sha1(path.read_bytes()).hexdigest()
+                path = by_content.setdefault(key, path)
+            labelled.setdefault(path, set()).add(class_dir.name)
+    return labelled
+
+
+def _stratified_split(pool: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """Take `fraction` of each class (by first label) out of the pool, at least one where a class has two."""
+    by_class = defaultdict(list)
+    for sample in pool:
+        by_class[sample.labels[0] if sample.labels else -1].append(sample)
+    rng = random.Random(seed)
+    kept, taken = [], []
+    for label in sorted(by_class):
+        group = by_class[label]
+        rng.shuffle(group)
+        n_taken = int(len(group) * fraction + 0.5)
+        if fraction > 0 and n_taken == 0 and len(group) >= 2:
+            n_taken = 1
+        taken += group[:n_taken]
+        kept += group[n_taken:]
+    return kept, taken
+
+
+def _labels_from_csv(csv_path: Path, root: Path) -> dict[Path, set[str]]:
+    if not csv_path.is_file():
+        raise ImgclsError(f"labels file '{csv_path}' does not exist")
+    labelled = {}
+    with open(csv_path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        if not reader.fieldnames or not {"path", "labels"} <= set(reader.fieldnames):
+            raise ImgclsError(f"labels file '{csv_path}' needs a header 'path,labels'; got {reader.fieldnames}")
+        for line, row in enumerate(reader, start=2):
+            path = (root / row["path"]).resolve() if not Path(row["path"]).is_absolute() else Path(row["path"])
+            if not path.is_file():
+                raise ImgclsError(f"{csv_path}:{line}: image '{row['path']}' not found under '{root}'")
+            labelled[path] = {name.strip() for name in (row["labels"] or "").split(";") if name.strip()}
+    return labelled
+
+
+def _to_samples(labelled: dict[Path, set[str]], classes: list[str]) -> list[Sample]:
+    index = {name: i for i, name in enumerate(classes)}
+    return [Sample(path, tuple(sorted(index[n] for n in names))) for path, names in sorted(labelled.items())]
+
+
+def _check_classes(classes: list[str], root: Path) -> None:
+    if len(classes) < 2:
+        found = f"only {classes[0]!r}" if classes else "none"
+        raise ImgclsError(
+            f"need at least 2 classes in '{root}', found {found}; "
+            "lay images out as ROOT/<class>/*.jpg or ROOT/train/<class>/*.jpg"
+        )
+
+
+def find_split_folders(root: Path) -> dict[str, Path]:
+    """The split folders present under root, by canonical name."""
+    found = {}
+    for folder in _subfolders(root):
+        split = SPLIT_ALIASES.get(folder.name.lower())
+        if split and split not in found:
+            found[split] = folder
+    return found
+
+
+def discover(
+    root: str | Path,
+    val_split: float = 0.2,
+    test_split: float = 0.0,
+    seed: int = 0,
+    multi_label: bool = False,
+    labels_csv: str | Path | None = None,
+) -> LabelledImages:
+    """Find the labelled images under root and split them into train/validation(/test)."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise ImgclsError(f"data folder '{root}' does not exist or is not a folder")
+    for name, value in (("val_split", val_split), ("test_split", test_split)):
+        if not 0 <= value < 1:
+            raise ImgclsError(f"{name} must be in [0, 1), got {value}")
+
+    split_dirs = find_split_folders(root)
+    if labels_csv is not None:
+        per_split = {"train": _labels_from_csv(Path(labels_csv), root)}
+        multi_label = True
+    elif split_dirs:
+        if "train" not in split_dirs:
+            raise ImgclsError(f"'{root}' has {sorted(split_dirs)} folders but no 'train' folder")
+        per_split = {split: _read_class_folders(folder, multi_label) for split, folder in split_dirs.items()}
+    else:
+        per_split = {"train": _read_class_folders(root, multi_label)}
+
+    classes = sorted({name for labelled in per_split.values() for names in labelled.values() for name in names})
+    train_classes = sorted({name for names in per_split["train"].values() for name in names})
+    _check_classes(train_classes, root)
+    for split, labelled in per_split.items():
+        extra = sorted({n for names in labelled.values() for n in names} - set(train_classes))
+        if extra:
+            raise ImgclsError(f"{split} has classes with no training images: {extra}; add them to train/ or remove them")
+    classes = train_classes
+    dataset = LabelledImages(root, classes, {s: _to_samples(l, classes) for s, l in per_split.items()}, multi_label)
+
+    if "test" not in dataset.splits and test_split > 0:
+        dataset.splits["train"], dataset.splits["test"] = _stratified_split(dataset.splits["train"], test_split, seed)
+    if "validation" not in dataset.splits:
+        if val_split == 0:
+            raise ImgclsError(f"'{root}' has no validation images; add {root}/validation/<class>/ or pass --val-split 0.2")
+        fraction = val_split / (1 - test_split) if "test" in dataset.splits and labels_csv is None else val_split
+        dataset.splits["train"], dataset.splits["validation"] = _stratified_split(dataset.splits["train"], fraction, seed + 1)
+    dataset.splits = {s: dataset.splits[s] for s in ("train", "validation", "test") if s in dataset.splits}
+    for split, samples in dataset.splits.items():
+        if not samples:
+            raise ImgclsError(f"the {split} split of '{root}' is empty; add images or lower --val-split/--test-split")
+    return dataset
+
+
+def find_evaluation_images(root: str | Path, classes: list[str], split: str | None = None,
+                           multi_label: bool = False, labels_csv: str | Path | None = None) -> list[Sample]:
+    """Labelled images to evaluate a model with `classes` on: the test split, else validation,
+    else (a plain class-folder tree) every image."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise ImgclsError(f"data folder '{root}' does not exist or is not a folder")
+    if labels_csv is not None:
+        labelled = _labels_from_csv(Path(labels_csv), root)
+    else:
+        split_dirs = find_split_folders(root)
+        if split is not None and split_dirs and SPLIT_ALIASES.get(split, split) not in split_dirs:
+            raise ImgclsError(f"'{root}' has no {split!r} split; it has {sorted(split_dirs)}")
+        chosen = SPLIT_ALIASES.get(split, split) if split else next((s for s in ("test", "validation") if s in split_dirs), None)
+        if split_dirs and chosen is None:
+            raise ImgclsError(f"'{root}' has only a train split; evaluate needs test/ or validation/ (or pass --split train)")
+        labelled = _read_class_folders(split_dirs[chosen] if chosen else root, multi_label)
+    unknown = sorted({n for names in labelled.values() for n in names} - set(classes))
+    if unknown:
+        raise ImgclsError(f"classes {unknown} in '{root}' are not classes of the model ({len(classes)} known: {classes[:10]})")
+    if not labelled:
+        raise ImgclsError(f"no labelled images found in '{root}'")
+    return _to_samples(labelled, classes)
+
+
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    """Files, folders (searched recursively) and glob patterns, in a stable order, without repeats."""
+    paths: list[Path] = []
+    for item in inputs:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            found = _images_under(path)
+            if not found:
+                log.warning("no images in folder '%s'", path)
+            paths += found
+        elif path.exists():
+            paths.append(path)  # an explicit file is tried even if its suffix is odd
+        else:
+            matches = sorted(Path(m) for m in glob.glob(str(path), recursive=True))
+            if not matches:
+                raise ImgclsError(f"'{item}' does not exist (no file, folder or glob match)")
+            paths += [m for m in matches if m.is_file()]
+    return list(dict.fromkeys(paths))

@@ -1,0 +1,39 @@
+"""Batches from decoded uint8 images, shuffled with a seeded generator, ready for the model.
+
+Images stay uint8 (N, H, W, 3) until a batch is taken: 4x less memory than float, and the
+NHWC layout permuted to (B, 3, H, W) is already channels-last, the fast layout for CPU convs.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+class Batches:
+    def __init__(self, pixels, targets: torch.Tensor, batch_size: int, shuffle: bool = False,
+                 device: torch.device | str = "cpu", seed: int = 0):
+        self.pixels = torch.as_tensor(pixels)  # (N, H, W, 3) uint8, shares the numpy memory
+        self.targets = targets  # (N, num_classes) float: one-hot or multi-hot
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.device = torch.device(device)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.targets) / self.batch_size)
+
+    def __iter__(self):
+        n = len(self.targets)
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        # Drop a last batch of one image when shuffling: BatchNorm cannot train on it.
+        stop = n - 1 if self.shuffle and n % self.batch_size == 1 and n > 1 else n
+        for start in range(0, stop, self.batch_size):
+            index = order[start: start + self.batch_size]
+            yield to_model_input(self.pixels[index], self.device), self.targets[index].to(self.device, non_blocking=True)
+
+
+def to_model_input(pixels: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(B, H, W, 3) uint8 -> (B, 3, H, W) float in [0, 1], channels-last, on `device`."""
+    batch = pixels.to(device, non_blocking=True).permute(0, 3, 1, 2)
+    return batch.float().div_(255).contiguous(memory_format=torch.channels_last)

@@ -1,0 +1,86 @@
+"""One way to build any model by name: imgcls's built-in CNNs, or any timm architecture.
+
+A bundle stores the name and the keyword arguments given here, so `create_model(**config)`
+rebuilds exactly the trained architecture.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import nn
+
+from ..errors import ImgclsError, did_you_mean
+from . import builtin
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    build: Callable[..., nn.Module]
+    default_img_size: int  # the size the architecture was designed for
+    summary: str
+
+
+BUILTIN_MODELS = {
+    "seed-cnn": BuiltinModel(builtin.SeedCNN, 150, "Keras tutorial CNN: 3 conv blocks 32/32/64, dense 64, dropout 0.5"),
+    "lenet5": BuiltinModel(builtin.LeNet5, 32, "LeNet-5 (LeCun 1998) with ReLU and max-pool"),
+    "cnn-bn": BuiltinModel(builtin.CnnBn, 64, "conv-BN-GELU blocks 64/128/256, dropout: strong from scratch"),
+}
+# timm architectures are designed for 224 px; a from-scratch user on CPU rarely wants more.
+TIMM_DEFAULT_IMG_SIZE = 224
+
+
+def _timm():
+    import timm  # imported lazily: it is slow to import and only some commands need it
+
+    return timm
+
+
+def default_img_size(name: str) -> int:
+    if name in BUILTIN_MODELS:
+        return BUILTIN_MODELS[name].default_img_size
+    check_model_name(name)
+    config = _timm().get_pretrained_cfg(name)
+    return config.input_size[-1] if config is not None and config.input_size else TIMM_DEFAULT_IMG_SIZE
+
+
+def check_model_name(name: str) -> None:
+    if name in BUILTIN_MODELS:
+        return
+    timm = _timm()
+    if not timm.is_model(name):
+        raise ImgclsError(
+            f"unknown model '{name}'{did_you_mean(name, [*BUILTIN_MODELS, *timm.list_models()])} "
+            f"(built-in: {', '.join(BUILTIN_MODELS)}; or any name from `imgcls models`)"
+        )
+
+
+def create_model(name: str, num_classes: int, img_size: int, in_chans: int = 3,
+                 pretrained: bool = False, **kwargs) -> nn.Module:
+    """Build `name` with a `num_classes` head for `img_size` inputs; weights are random unless
+    `pretrained` (timm weights from the Hugging Face hub or the local cache)."""
+    check_model_name(name)
+    if name in BUILTIN_MODELS:
+        if pretrained:
+            raise ImgclsError(f"built-in model '{name}' has no pretrained weights; pick a timm model "
+                              "(e.g. --model mobilenetv2_100) or pass --weights FILE")
+        return BUILTIN_MODELS[name].build(num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kwargs)
+    from .weights import pretrained_timm_model
+
+    if pretrained:
+        return pretrained_timm_model(name, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    model_kwargs = dict(num_classes=num_classes, in_chans=in_chans, **kwargs)
+    try:  # transformers need their patch grid sized for the input; CNNs take any size
+        return _timm().create_model(name, pretrained=False, img_size=img_size, **model_kwargs)
+    except TypeError:
+        return _timm().create_model(name, pretrained=False, **model_kwargs)
+
+
+def list_models(pattern: str = "") -> list[tuple[str, str]]:
+    """Built-in models with a summary, then timm names matching the wildcard `pattern`."""
+    rows = [(name, spec.summary) for name, spec in BUILTIN_MODELS.items() if not pattern or pattern in name]
+    rows += [(name, "timm") for name in _timm().list_models(f"*{pattern}*" if pattern else "*")]
+    return rows

@@ -1,0 +1,67 @@
+"""Getting weights into a model: timm's pretrained weights (hub or cache) or a local file.
+
+Files load without unpickling code: safetensors, or torch.load(weights_only=True).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import ImgclsError
+
+log = logging.getLogger(__name__)
+
+OFFLINE_HINT = (
+    "with network access run once to fill the cache (~/.cache/huggingface), "
+    "or pass --weights FILE (.safetensors or a PyTorch state dict)"
+)
+
+
+def pretrained_timm_model(name: str, num_classes: int, in_chans: int = 3, **kwargs) -> nn.Module:
+    import timm
+
+    try:
+        return timm.create_model(name, pretrained=True, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    except (OSError, RuntimeError, ValueError) as err:  # hub errors subclass these when offline
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ImgclsError(f"could not get pretrained weights for '{name}' ({reason}); {OFFLINE_HINT}") from None
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ImgclsError(f"weights file '{path}' does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ImgclsError(f"could not read weights file '{path}': {type(err).__name__}: {err}") from None
+    for key in ("state_dict", "model", "model_state"):  # common checkpoint wrappers
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ImgclsError(f"weights file '{path}' holds no state dict of tensors")
+    return state
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """Load every tensor whose name and shape match; a different head (class count) is left random."""
+    state = {k.removeprefix("module."): v for k, v in read_state_dict(path).items()}
+    own = model.state_dict()
+    matching = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if len(matching) < len(own) // 2:
+        raise ImgclsError(
+            f"weights file '{path}' does not fit this architecture: only {len(matching)} of "
+            f"{len(own)} tensors match by name and shape; was it saved from another --model?"
+        )
+    model.load_state_dict(matching, strict=False)
+    skipped = sorted(set(own) - set(matching))
+    if skipped:
+        log.info("weights from %s: %d tensors loaded, %d left as initialised (e.g. %s)",
+                 path, len(matching), len(skipped), skipped[0])

@@ -1,0 +1,115 @@
+"""Small objects that hook into the training loop; each resets in on_train_begin and speaks
+through `logs` and `trainer.stop_training` (the Keras callback contract)."""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+from pathlib import Path
+
+import torch
+
+from ..fileio import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FILE, HISTORY_FILE = "checkpoint.pt", "history.csv"
+
+
+class Callback:
+    def on_train_begin(self, trainer) -> None: ...
+    def on_batch_end(self, trainer, logs) -> None: ...  # logs: loop.RunningMetrics
+    def on_epoch_end(self, trainer, logs: dict) -> None: ...
+    def on_train_end(self, trainer) -> None: ...
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+class EarlyStopping(Callback):
+    """Stop after `patience` epochs without a better val_loss, and put the best weights back."""
+
+    def __init__(self, patience: int, min_delta: float = 1e-4):
+        self.patience, self.min_delta = patience, min_delta
+        self.best_loss, self.best_epoch, self.wait, self.best_state = math.inf, 0, 0, None
+
+    def on_epoch_end(self, trainer, logs):
+        if logs["val_loss"] < self.best_loss - self.min_delta:
+            self.best_loss, self.best_epoch, self.wait = logs["val_loss"], logs["epoch"], 0
+            self.best_state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+        else:
+            self.wait += 1
+            if self.patience and self.wait >= self.patience:
+                log.info("early stopping: val_loss has not improved for %d epochs", self.wait)
+                trainer.stop_training = True
+
+    def on_train_end(self, trainer):
+        if self.best_state is not None and self.best_epoch != trainer.history[-1]["epoch"]:
+            log.info("restoring the weights of epoch %d (best val_loss %.4f)", self.best_epoch, self.best_loss)
+            trainer.model.load_state_dict(self.best_state)
+
+    def state_dict(self):
+        return {"best_loss": self.best_loss, "best_epoch": self.best_epoch, "wait": self.wait, "best_state": self.best_state}
+
+    def load_state_dict(self, state):
+        if not state:
+            return
+        self.best_loss, self.best_epoch, self.wait, self.best_state = (
+            state["best_loss"], state["best_epoch"], state["wait"], state["best_state"])
+
+
+class HistoryCSV(Callback):
+    """history.csv, rewritten whole each epoch so an interrupted run still has its curves."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / HISTORY_FILE
+
+    def on_epoch_end(self, trainer, logs):
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=list(trainer.history[0]))
+        writer.writeheader()
+        writer.writerows(trainer.history)
+        atomic_write_bytes(self.path, out.getvalue().encode())
+
+
+class Checkpoint(Callback):
+    """Everything --resume needs, written atomically after every epoch."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / CHECKPOINT_FILE
+
+    def on_epoch_end(self, trainer, logs):
+        buffer = io.BytesIO()
+        torch.save(trainer.state_dict(), buffer)
+        atomic_write_bytes(self.path, buffer.getvalue())
+
+
+class ProgressBar(Callback):
+    """A tqdm bar per epoch with live loss/accuracy and an ETA; a log line per epoch for non-terminals."""
+
+    def __init__(self, refresh_every: int = 5):
+        self.refresh_every, self.bar = refresh_every, None
+
+    def on_epoch_begin(self, trainer):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=len(trainer.train_batches), desc=f"epoch {trainer.epoch + 1}/{trainer.config.epochs}",
+                        unit="batch", leave=False, dynamic_ncols=True, disable=None)
+
+    def on_batch_end(self, trainer, logs):
+        if self.bar is None:
+            self.on_epoch_begin(trainer)
+        self.bar.update(1)
+        if not self.bar.disable and self.bar.n % self.refresh_every == 0 or self.bar.n == self.bar.total:
+            self.bar.set_postfix(loss=f"{logs.loss:.3f}", acc=f"{logs.accuracy:.3f}")
+
+    def on_epoch_end(self, trainer, logs):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        log.info("epoch %d/%d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  lr %.2e  (%.1fs)",
+                 logs["epoch"], trainer.config.epochs, logs["train_loss"], logs["train_accuracy"],
+                 logs["val_loss"], logs["val_accuracy"], logs["lr"], logs["seconds"])

@@ -1,0 +1,68 @@
+"""Every training choice in one dataclass; the checkpoint stores it so --resume rebuilds exactly."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from ..errors import UsageError, did_you_mean
+
+OPTIMIZERS = ("adamw", "adam", "sgd", "rmsprop")
+SCHEDULES = ("onecycle", "cosine", "constant", "plateau")
+# Per-optimizer defaults at batch 64; lr scales linearly with batch size (Goyal et al. 2017).
+DEFAULT_LR_AT_64 = {"adamw": 2e-3, "adam": 1e-3, "sgd": 0.05, "rmsprop": 1e-3}
+DEFAULT_WEIGHT_DECAY = {"adamw": 0.05, "adam": 0.0, "sgd": 5e-4, "rmsprop": 0.0}
+
+
+@dataclass
+class TrainConfig:
+    model: str = "cnn-bn"  # strongest built-in from scratch; needs no download
+    img_size: int | None = None  # None: the model's design size, or the images' median side if smaller
+    epochs: int = 30
+    batch_size: int = 64
+    optimizer: str = "adamw"  # robust across architectures with no tuning
+    lr: float | None = None  # None: DEFAULT_LR_AT_64 scaled to batch_size
+    weight_decay: float | None = None  # None: DEFAULT_WEIGHT_DECAY (the L2 of Keras tutorials)
+    schedule: str = "onecycle"  # warm-up then cosine decay: fastest to a good model at a fixed budget
+    warmup_fraction: float = 0.15  # of all steps, for onecycle
+    plateau_patience: int = 3  # epochs without val-loss improvement before lr *= plateau_factor
+    plateau_factor: float = 0.5
+    early_stopping: int = 10  # epochs without val-loss improvement before stopping (0 = off); best weights restored
+    label_smoothing: float = 0.1  # single-label only; better calibrated and slightly more accurate
+    class_weights: bool = False  # weight the loss by inverse class frequency, for imbalanced data
+    grad_clip: float = 0.0  # max gradient norm (0 = off)
+    augment: str = "standard"
+    multi_label: bool = False
+    labels_csv: str | None = None  # multi-label: path,labels CSV (labels ';'-separated)
+    pretrained: bool = False
+    weights: str | None = None  # local checkpoint to start from
+    val_split: float = 0.2  # used only when the data has no validation folder
+    test_split: float = 0.0
+    seed: int = 0
+    device: str = "auto"  # auto: cuda if available, else cpu
+    workers: int | None = None  # decode threads; None: every core
+
+    def resolved_lr(self) -> float:
+        return self.lr if self.lr is not None else DEFAULT_LR_AT_64[self.optimizer] * self.batch_size / 64
+
+    def resolved_weight_decay(self) -> float:
+        return self.weight_decay if self.weight_decay is not None else DEFAULT_WEIGHT_DECAY[self.optimizer]
+
+    def validate(self) -> "TrainConfig":
+        from ..data.augment import AUGMENT_PRESETS
+
+        for name, choices in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("augment", AUGMENT_PRESETS)):
+            value = getattr(self, name)
+            if value not in choices:
+                raise UsageError(f"unknown {name} '{value}'{did_you_mean(value, choices)} (choose from {', '.join(choices)})")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.img_size is not None and self.img_size < 8:
+            raise UsageError(f"img_size must be at least 8 pixels, got {self.img_size}")
+        if self.lr is not None and self.lr <= 0:
+            raise UsageError(f"lr must be positive, got {self.lr}")
+        return self
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})

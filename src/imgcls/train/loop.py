@@ -1,0 +1,150 @@
+"""The training loop: a skeleton of callback hooks around one optimisation step.
+
+Device and dtype come from the caller; on CUDA the forward runs under bf16 autocast,
+on CPU in fp32 (bf16 on CPUs without AMX is slower, not faster).
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from ..data.loader import Batches
+from .callbacks import Callback
+from .config import TrainConfig
+from .schedule import LrSchedule, build_optimizer
+
+
+def make_loss(config: TrainConfig, class_weights: torch.Tensor | None) -> nn.Module:
+    if config.multi_label:
+        return nn.BCEWithLogitsLoss(pos_weight=class_weights)
+    return nn.CrossEntropyLoss(weight=class_weights, label_smoothing=config.label_smoothing)
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _correct(logits: torch.Tensor, targets: torch.Tensor, multi_label: bool) -> torch.Tensor:
+    """Correct decisions in the batch: top-1 hits, or per-label hits at 0.5 for multi-label."""
+    if multi_label:
+        return ((logits > 0) == (targets > 0.5)).float().mean(dim=1).sum()
+    return (logits.argmax(1) == targets.argmax(1)).sum()
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, batches: Batches) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and targets for every image in `batches`, in order, on the CPU."""
+    model.eval()
+    outputs, targets = [], []
+    for images, target in batches:
+        with _autocast(images.device):
+            outputs.append(model(images).float().cpu())
+        targets.append(target.cpu())
+    return torch.cat(outputs), torch.cat(targets)
+
+
+@dataclass
+class RunningMetrics:
+    """The epoch so far; reading a value syncs with the device, so callbacks read it sparingly."""
+
+    loss_sum: torch.Tensor
+    correct: torch.Tensor
+    seen: int
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum.item() / self.seen
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct.item() / self.seen
+
+
+class Trainer:
+    def __init__(self, model: nn.Module, config: TrainConfig, train_batches: Batches, val_batches: Batches,
+                 augment, loss_fn: nn.Module, callbacks: list[Callback], device: torch.device):
+        self.model, self.config, self.device = model, config, device
+        self.train_batches, self.val_batches = train_batches, val_batches
+        self.augment, self.loss_fn, self.callbacks = augment, loss_fn, callbacks
+        self.optimizer = build_optimizer(model, config)
+        self.schedule = LrSchedule(self.optimizer, config, total_steps=config.epochs * len(train_batches))
+        self.augment_generator = torch.Generator().manual_seed(config.seed + 2)
+        self.epoch, self.history, self.stop_training = 0, [], False
+        self.extra_state: dict = {}  # stored with each checkpoint (e.g. the data folder, for --resume)
+
+    def fit(self) -> list[dict]:
+        for callback in self.callbacks:
+            callback.on_train_begin(self)
+        while self.epoch < self.config.epochs and not self.stop_training:
+            logs = self.train_epoch()
+            self.epoch += 1
+            logs.update(self.validate(), epoch=self.epoch)
+            self.schedule.end_epoch(logs["val_loss"])
+            self.history.append(logs)
+            for callback in self.callbacks:
+                callback.on_epoch_end(self, logs)
+        for callback in self.callbacks:
+            callback.on_train_end(self)
+        return self.history
+
+    def train_epoch(self) -> dict:
+        self.model.train()
+        start, seen = time.perf_counter(), 0
+        loss_sum = torch.zeros((), device=self.device)  # accumulated on device: no sync per step
+        correct = torch.zeros((), device=self.device)
+        lr = self.optimizer.param_groups[0]["lr"]
+        for images, targets in self.train_batches:
+            loss, logits, targets = self.train_step(images, targets)
+            seen += len(images)
+            loss_sum += loss.detach() * len(images)
+            correct += _correct(logits.detach(), targets, self.config.multi_label)
+            for callback in self.callbacks:
+                callback.on_batch_end(self, RunningMetrics(loss_sum, correct, seen))
+        return {"epoch": self.epoch, "train_loss": loss_sum.item() / seen, "train_accuracy": correct.item() / seen,
+                "lr": lr, "seconds": time.perf_counter() - start}
+
+    def train_step(self, images: torch.Tensor, targets: torch.Tensor):
+        images, targets = self.augment(images, targets, self.augment_generator)
+        with _autocast(self.device):
+            logits = self.model(images)
+        loss = self.loss_fn(logits.float(), targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.schedule.step()
+        return loss, logits, targets
+
+    def validate(self) -> dict:
+        logits, targets = predict_logits(self.model, self.val_batches)
+        loss = self.loss_fn(logits, targets).item()
+        return {"val_loss": loss, "val_accuracy": _correct(logits, targets, self.config.multi_label).item() / len(targets)}
+
+    def state_dict(self) -> dict:
+        return {
+            **self.extra_state,
+            "config": asdict(self.config), "epoch": self.epoch, "history": self.history,
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "callbacks": {type(c).__name__: c.state_dict() for c in self.callbacks},
+            "rng": {"torch": torch.get_rng_state(), "batches": self.train_batches.generator.get_state(),
+                    "augment": self.augment_generator.get_state()},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.epoch, self.history = state["epoch"], state["history"]
+        for callback in self.callbacks:
+            callback.load_state_dict(state["callbacks"].get(type(callback).__name__, {}))
+        torch.set_rng_state(state["rng"]["torch"])
+        self.train_batches.generator.set_state(state["rng"]["batches"])
+        self.augment_generator.set_state(state["rng"]["augment"])

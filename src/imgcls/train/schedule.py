@@ -1,0 +1,79 @@
+"""Optimisers and learning-rate schedules; the schedule is a multiplier on each group's base lr."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .config import TrainConfig
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """No weight decay on biases and norm parameters: decaying them only hurts (Goyal et al. 2017)."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if param.ndim > 1 else no_decay).append(param)
+    groups = [{"params": decay, "weight_decay": config.resolved_weight_decay()}, {"params": no_decay, "weight_decay": 0.0}]
+    lr = config.resolved_lr()
+    fused = {"foreach": True}
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, **fused)
+    if config.optimizer == "adam":  # L2 through the gradient, as Keras' kernel_regularizer does
+        return torch.optim.Adam(groups, lr=lr, **fused)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True, **fused)
+    return torch.optim.RMSprop(groups, lr=lr, **fused)
+
+
+class LrSchedule:
+    """onecycle (linear warm-up, cosine decay), cosine, constant, or plateau (constant, cut on stalls)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int):
+        self.optimizer = optimizer
+        self.kind = config.schedule
+        self.total_steps = max(1, total_steps)
+        self.warmup_steps = int(config.warmup_fraction * total_steps) if self.kind == "onecycle" else 0
+        self.patience, self.factor = config.plateau_patience, config.plateau_factor
+        self.step_count, self.plateau_scale, self.best_loss, self.stalled_epochs = 0, 1.0, math.inf, 0
+        for group in optimizer.param_groups:
+            group.setdefault("base_lr", group["lr"])
+        self._apply()
+
+    def multiplier(self) -> float:
+        step = self.step_count
+        if self.kind in ("constant", "plateau"):
+            return self.plateau_scale
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
+        return 0.5 * (1 + math.cos(math.pi * progress))
+
+    def _apply(self) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * self.multiplier()
+
+    def step(self) -> None:
+        self.step_count += 1
+        self._apply()
+
+    def end_epoch(self, val_loss: float) -> None:
+        if self.kind != "plateau":
+            return
+        if val_loss < self.best_loss - 1e-4:
+            self.best_loss, self.stalled_epochs = val_loss, 0
+        else:
+            self.stalled_epochs += 1
+            if self.stalled_epochs >= self.patience:
+                self.plateau_scale *= self.factor
+                self.stalled_epochs = 0
+                self._apply()
+
+    def state_dict(self) -> dict:
+        return {k: getattr(self, k) for k in ("step_count", "plateau_scale", "best_loss", "stalled_epochs")}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+        self._apply()
