@@ -87,7 +87,8 @@ def _read_class_folders(folder: Path, multi_label: bool) -> dict[Path, set[str]]
 
 
 def _stratified_split(pool: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
-    """Take `fraction` of each class (by first label) out of the pool, at least one where a class has two."""
+    """Take `fraction` of each class (by first label) out of the pool: at least one where a class
+    has two, never its last one (a class with no training image cannot be learnt)."""
     by_class = defaultdict(list)
     for sample in pool:
         by_class[sample.labels[0] if sample.labels else -1].append(sample)
@@ -99,6 +100,7 @@ def _stratified_split(pool: list[Sample], fraction: float, seed: int) -> tuple[l
         n_taken = int(len(group) * fraction + 0.5)
         if fraction > 0 and n_taken == 0 and len(group) >= 2:
             n_taken = 1
+        n_taken = min(n_taken, len(group) - 1)
         taken += group[:n_taken]
         kept += group[n_taken:]
     return kept, taken
@@ -111,7 +113,7 @@ def _labels_from_csv(csv_path: Path, root: Path) -> dict[Path, set[str]]:
     with open(csv_path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         if not reader.fieldnames or not {"path", "labels"} <= set(reader.fieldnames):
-            raise ImgclsError(f"labels file '{csv_path}' needs a header 'path,labels'; got {reader.fieldnames}")
+            raise ImgclsError(f"{csv_path}:1: labels file needs a header 'path,labels'; got {reader.fieldnames}")
         for line, row in enumerate(reader, start=2):
             path = (root / row["path"]).resolve() if not Path(row["path"]).is_absolute() else Path(row["path"])
             if not path.is_file():
@@ -166,7 +168,10 @@ def discover(
         multi_label = True
     elif split_dirs:
         if "train" not in split_dirs:
-            raise ImgclsError(f"'{root}' has {sorted(split_dirs)} folders but no 'train' folder")
+            raise ImgclsError(
+                f"'{root}' has {sorted(split_dirs)} folders but no 'train' folder; "
+                f"add the training images as {root / 'train'}/<class>/*.jpg"
+            )
         per_split = {split: _read_class_folders(folder, multi_label) for split, folder in split_dirs.items()}
     else:
         per_split = {"train": _read_class_folders(root, multi_label)}
@@ -181,12 +186,16 @@ def discover(
     classes = train_classes
     dataset = LabelledImages(root, classes, {s: _to_samples(l, classes) for s, l in per_split.items()}, multi_label)
 
-    if "test" not in dataset.splits and test_split > 0:
+    carve_test = "test" not in dataset.splits and test_split > 0
+    if carve_test:
         dataset.splits["train"], dataset.splits["test"] = _stratified_split(dataset.splits["train"], test_split, seed)
     if "validation" not in dataset.splits:
         if val_split == 0:
             raise ImgclsError(f"'{root}' has no validation images; add {root}/validation/<class>/ or pass --val-split 0.2")
-        fraction = val_split / (1 - test_split) if "test" in dataset.splits and labels_csv is None else val_split
+        if carve_test and val_split + test_split >= 1:
+            raise ImgclsError(f"val_split + test_split must leave images to train on, got {val_split} + {test_split} >= 1")
+        # both fractions are of the whole pool, so after the test images are out, take more of the rest
+        fraction = val_split / (1 - test_split) if carve_test else val_split
         dataset.splits["train"], dataset.splits["validation"] = _stratified_split(dataset.splits["train"], fraction, seed + 1)
     dataset.splits = {s: dataset.splits[s] for s in ("train", "validation", "test") if s in dataset.splits}
     for split, samples in dataset.splits.items():
@@ -206,8 +215,10 @@ def find_evaluation_images(root: str | Path, classes: list[str], split: str | No
         labelled = _labels_from_csv(Path(labels_csv), root)
     else:
         split_dirs = find_split_folders(root)
-        if split is not None and split_dirs and SPLIT_ALIASES.get(split, split) not in split_dirs:
-            raise ImgclsError(f"'{root}' has no {split!r} split; it has {sorted(split_dirs)}")
+        if split is not None and SPLIT_ALIASES.get(split, split) not in split_dirs:
+            found = (f"it has {sorted(split_dirs)}" if split_dirs
+                     else "it is a plain class-folder tree; leave out --split to use every image")
+            raise ImgclsError(f"'{root}' has no {split!r} split; {found}")
         chosen = SPLIT_ALIASES.get(split, split) if split else next((s for s in ("test", "validation") if s in split_dirs), None)
         if split_dirs and chosen is None:
             raise ImgclsError(f"'{root}' has only a train split; evaluate needs test/ or validation/ (or pass --split train)")
@@ -221,7 +232,8 @@ def find_evaluation_images(root: str | Path, classes: list[str], split: str | No
 
 
 def expand_inputs(inputs: list[str]) -> list[Path]:
-    """Files, folders (searched recursively) and glob patterns, in a stable order, without repeats."""
+    """Files, folders (searched recursively) and glob patterns, in a stable order, without repeats
+    (one file named two ways, 'a.jpg' and '/abs/a.jpg', counts once)."""
     paths: list[Path] = []
     for item in inputs:
         path = Path(item).expanduser()
@@ -237,4 +249,7 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
             if not matches:
                 raise ImgclsError(f"'{item}' does not exist (no file, folder or glob match)")
             paths += [m for m in matches if m.is_file()]
-    return list(dict.fromkeys(paths))
+    unique: dict[Path, Path] = {}
+    for path in paths:
+        unique.setdefault(path.resolve(), path)
+    return list(unique.values())

@@ -46,6 +46,7 @@ def open_image(source) -> Image.Image:
     except Exception as err:  # PIL raises many types for non-images
         raise UnreadableImage(f"not an image Pillow can read ({type(err).__name__})") from None
     if image.width * image.height > MAX_PIXELS:
+        image.close()
         raise UnreadableImage(f"decompression bomb refused: {image.width}x{image.height} is over the {MAX_PIXELS:,}-pixel limit")
     return image
 
@@ -54,9 +55,11 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     """Convert any mode to 8-bit RGB; alpha is composited on white, as a viewer shows it."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         array = np.asarray(image, dtype=np.float64)
-        high = array.max() if array.size else 0
-        scale = 255.0 / high if high > 255 else 1.0  # 16-bit data spans 0..65535, not 0..255
-        image = Image.fromarray(np.clip(array * scale, 0, 255).astype(np.uint8), "L")
+        # 16-bit data spans 0..65535 on a fixed scale: dividing by the image's own maximum would
+        # show a dark 16-bit photo as a bright one. 32-bit "I"/"F" data holding 0..255 is kept.
+        sixteen_bit = image.mode.startswith("I;16") or (array.size > 0 and array.max() > 255)
+        scale = 255.0 / 65535.0 if sixteen_bit else 1.0
+        image = Image.fromarray(np.clip(np.round(array * scale), 0, 255).astype(np.uint8))
     if image.mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
     if image.mode in ("RGBA", "LA", "PA"):
@@ -76,6 +79,7 @@ def decode_image(source: ImageSource, size: int | None = None) -> np.ndarray:
         image = Image.fromarray(source if source.dtype == np.uint8 else np.clip(source, 0, 255).astype(np.uint8))
     else:
         image = open_image(source)
+    opened = image
     try:
         if size is not None and image.format == "JPEG":
             # DCT-domain downscaling: decoding a 4000 px photo for a 150 px model is ~8x faster.
@@ -90,3 +94,6 @@ def decode_image(source: ImageSource, size: int | None = None) -> np.ndarray:
         raise
     except Exception as err:  # truncated data surfaces here, at load time
         raise UnreadableImage(f"could not decode ({type(err).__name__}: {err})") from None
+    finally:
+        if opened is not source:  # animated GIF/WebP/TIFF keep their file open after loading a frame
+            opened.close()

@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .. import __version__
@@ -55,7 +56,8 @@ def save_bundle(model: Classifier, config: BundleConfig, folder: str | Path) -> 
     leaves a half-written model where a good one was."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
+    staging = folder.with_name(f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}")
+    staging.mkdir()  # not tempfile.mkdtemp: its 0700 would hide the bundle from a server run as another user
     try:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(staging / WEIGHTS_FILE), metadata={"format": "pt", "imgcls_version": __version__})
@@ -85,8 +87,10 @@ def read_bundle_config(path: str | Path) -> BundleConfig:
     folder = find_bundle(path)
     try:
         raw = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+        if not isinstance(raw, dict):
+            raise TypeError(f"expected a JSON object, got {type(raw).__name__}")
         config = BundleConfig(**{k: v for k, v in raw.items() if k in BundleConfig.__dataclass_fields__})
-    except (json.JSONDecodeError, TypeError) as err:
+    except (ValueError, TypeError) as err:  # ValueError: bad JSON or not UTF-8
         raise ImgclsError(f"bundle config '{folder / CONFIG_FILE}' is damaged: {err}") from None
     if config.task not in TASKS:
         raise ImgclsError(f"bundle '{folder}' has unknown task {config.task!r}; expected one of {TASKS}")
@@ -99,6 +103,6 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> tuple[C
     model = build_classifier(config)
     try:
         model.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
-    except (OSError, RuntimeError) as err:
+    except (OSError, RuntimeError, SafetensorError) as err:
         raise ImgclsError(f"weights in '{folder / WEIGHTS_FILE}' do not load: {str(err).splitlines()[0]}") from None
     return model.to(device).eval(), config

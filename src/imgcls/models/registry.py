@@ -70,13 +70,12 @@ def create_model(name: str, num_classes: int, img_size: int, in_chans: int = 3,
         return BUILTIN_MODELS[name].build(num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kwargs)
     from .weights import pretrained_timm_model
 
-    if pretrained:
-        return pretrained_timm_model(name, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    build = pretrained_timm_model if pretrained else _timm().create_model
     model_kwargs = dict(num_classes=num_classes, in_chans=in_chans, **kwargs)
-    try:  # transformers need their patch grid sized for the input; CNNs take any size
-        return _timm().create_model(name, pretrained=False, img_size=img_size, **model_kwargs)
-    except TypeError:
-        return _timm().create_model(name, pretrained=False, **model_kwargs)
+    try:  # transformers need their patch grid sized for the input (timm resamples pretrained position embeddings)
+        return build(name, img_size=img_size, **model_kwargs)
+    except TypeError:  # CNNs take any size and have no img_size argument
+        return build(name, **model_kwargs)
 
 
 def list_models(pattern: str = "") -> list[tuple[str, str]]:

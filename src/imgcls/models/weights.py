@@ -5,6 +5,8 @@ Files load without unpickling code: safetensors, or torch.load(weights_only=True
 from __future__ import annotations
 
 import logging
+import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -40,8 +42,15 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
             return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:  # torch's message advises weights_only=False: unsafe, not ours to give
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if found:
+            raise ImgclsError(f"weights file '{path}' holds a Python object ({found[1]}) and imgcls never unpickles "
+                              "code; save only model.state_dict() (torch.save or safetensors) and pass that") from None
+        raise ImgclsError(f"could not read weights file '{path}': not a PyTorch state dict (damaged?)") from None
     except Exception as err:
-        raise ImgclsError(f"could not read weights file '{path}': {type(err).__name__}: {err}") from None
+        reason = str(err).splitlines()[0] if str(err) else ""
+        raise ImgclsError(f"could not read weights file '{path}': {type(err).__name__}: {reason}") from None
     for key in ("state_dict", "model", "model_state"):  # common checkpoint wrappers
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -50,15 +59,29 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def _own_names(state: dict[str, torch.Tensor], own: dict) -> dict[str, torch.Tensor]:
+    """Drop the wrappers a network is often saved inside: DataParallel's module., imgcls's Classifier."""
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    if not own.keys() & state.keys() and any(k.startswith("net.") for k in state):  # a bundle's model.safetensors
+        state = {k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")}
+    return state
+
+
 def load_weights(model: nn.Module, path: str | Path) -> None:
-    """Load every tensor whose name and shape match; a different head (class count) is left random."""
-    state = {k.removeprefix("module."): v for k, v in read_state_dict(path).items()}
+    """Load a checkpoint of the same architecture; tensors of another shape (the head, for another
+    class count) are left as initialised."""
     own = model.state_dict()
+    state = _own_names(read_state_dict(path), own)
+    # older checkpoints (torchvision's among them) predate BatchNorm's batch counter, mere bookkeeping
+    missing = sorted(k for k in own.keys() - state.keys() if not k.endswith("num_batches_tracked"))
+    unexpected = sorted(state.keys() - own.keys())
     matching = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if len(matching) < len(own) // 2:
+    if missing or unexpected or len(matching) < len(own) // 2:
+        example = f"e.g. '{(missing or unexpected)[0]}'" if missing or unexpected else "most of another shape"
         raise ImgclsError(
-            f"weights file '{path}' does not fit this architecture: only {len(matching)} of "
-            f"{len(own)} tensors match by name and shape; was it saved from another --model?"
+            f"weights file '{path}' does not fit this architecture: {len(missing)} tensors missing, "
+            f"{len(unexpected)} unexpected, {len(matching)} of {len(own)} match by name and shape "
+            f"({example}); was it saved from another --model?"
         )
     model.load_state_dict(matching, strict=False)
     skipped = sorted(set(own) - set(matching))

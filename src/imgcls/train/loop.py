@@ -66,6 +66,34 @@ class RunningMetrics:
         return self.correct.item() / self.seen
 
 
+PRECISE_BN_IMAGES = 2048  # enough for stable statistics (Wu & Johnson 2021 use ~1k-10k); ~1 s on CPU
+
+
+@torch.no_grad()
+def recompute_batchnorm(model: nn.Module, batches: Batches, max_images: int = PRECISE_BN_IMAGES) -> None:
+    """Replace BatchNorm running statistics by exact averages over training images ("precise BN",
+    https://arxiv.org/abs/2105.07576). Running averages lag behind fast-changing weights: on a few
+    hundred images they leave evaluation at chance while batch statistics give a good model."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average over the batches below
+    was_training, seen = model.training, 0
+    model.train()
+    for images, _ in batches:
+        with _autocast(images.device):
+            model(images)
+        seen += len(images)
+        if seen >= max_images:
+            break
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
+    model.train(was_training)
+
+
 class Trainer:
     def __init__(self, model: nn.Module, config: TrainConfig, train_batches: Batches, val_batches: Batches,
                  augment, loss_fn: nn.Module, callbacks: list[Callback], device: torch.device):
@@ -84,6 +112,7 @@ class Trainer:
         while self.epoch < self.config.epochs and not self.stop_training:
             logs = self.train_epoch()
             self.epoch += 1
+            recompute_batchnorm(self.model, self.train_batches)
             logs.update(self.validate(), epoch=self.epoch)
             self.schedule.end_epoch(logs["val_loss"])
             self.history.append(logs)
@@ -98,7 +127,6 @@ class Trainer:
         start, seen = time.perf_counter(), 0
         loss_sum = torch.zeros((), device=self.device)  # accumulated on device: no sync per step
         correct = torch.zeros((), device=self.device)
-        lr = self.optimizer.param_groups[0]["lr"]
         for images, targets in self.train_batches:
             loss, logits, targets = self.train_step(images, targets)
             seen += len(images)
@@ -107,7 +135,7 @@ class Trainer:
             for callback in self.callbacks:
                 callback.on_batch_end(self, RunningMetrics(loss_sum, correct, seen))
         return {"epoch": self.epoch, "train_loss": loss_sum.item() / seen, "train_accuracy": correct.item() / seen,
-                "lr": lr, "seconds": time.perf_counter() - start}
+                "lr": self.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - start}
 
     def train_step(self, images: torch.Tensor, targets: torch.Tensor):
         images, targets = self.augment(images, targets, self.augment_generator)

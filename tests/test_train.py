@@ -1,0 +1,156 @@
+"""Training end to end on real digits: the bundle, the run folder, resume, seeds, multi-label."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+import imgcls
+from imgcls.errors import ImgclsError, UsageError
+from imgcls.train.config import TrainConfig
+from imgcls.train.callbacks import EarlyStopping
+from imgcls.train.loop import Trainer
+from imgcls.train.run import train
+
+from conftest import FAST_CONFIG
+
+
+def test_training_writes_a_self_contained_bundle_and_run_folder(trained_run):
+    run = trained_run.run_dir
+    for name in ("model/config.json", "model/model.safetensors", "model/labels.txt", "history.csv",
+                 "checkpoint.pt", "data.json", "evaluation/metrics.json", "evaluation/confusion_matrix.png",
+                 "evaluation/learning_curves.png"):
+        assert (run / name).is_file(), name
+    config = json.loads((run / "model/config.json").read_text())
+    assert config["architecture"] == "cnn-bn" and config["img_size"] == 32 and config["task"] == "single-label"
+    assert config["classes"] == [str(d) for d in range(10)]
+    assert (run / "model/labels.txt").read_text().split() == config["classes"]
+    assert len(config["data_fingerprint"]) == 16 and config["imgcls_version"] == imgcls.__version__
+
+
+def test_three_epochs_on_real_digits_learn_far_above_chance(trained_run):
+    assert trained_run.metrics["accuracy"] > 0.6  # chance is 0.1
+    with open(trained_run.run_dir / "history.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+
+
+def test_reloaded_bundle_predicts_what_the_trained_model_predicted(trained_run, digits_dir):
+    images = sorted((digits_dir / "validation").rglob("*.png"))
+    predictor = imgcls.load(trained_run.run_dir)
+    results = predictor.predict(images, top_k=10)
+    accuracy = np.mean([r["labels"][0] == p.parent.name for r, p in zip(results, images)])
+    assert accuracy == pytest.approx(trained_run.metrics["accuracy"], abs=1e-9)
+    for result in results:
+        scores = [p["score"] for p in result["predictions"]]
+        assert scores == sorted(scores, reverse=True) and sum(scores) == pytest.approx(1, abs=1e-4)
+
+
+def test_same_seed_gives_the_same_model(digits_dir, tmp_path):
+    config = TrainConfig(**{**FAST_CONFIG, "epochs": 1})
+    first = train(digits_dir, tmp_path / "a", config, progress=False)
+    second = train(digits_dir, tmp_path / "b", config, progress=False)
+    assert first.history[0]["train_loss"] == second.history[0]["train_loss"]
+    assert first.history[0]["val_loss"] == second.history[0]["val_loss"]
+
+
+def test_resume_continues_an_interrupted_run_to_the_same_result(digits_dir, tmp_path, monkeypatch):
+    config = TrainConfig(**{**FAST_CONFIG, "epochs": 2})
+    straight = train(digits_dir, tmp_path / "straight", config, progress=False)
+
+    original_epoch = Trainer.train_epoch
+
+    def interrupted_in_epoch_two(self):
+        if self.epoch == 1:
+            raise KeyboardInterrupt  # as if the user pressed Ctrl-C during epoch 2
+        return original_epoch(self)
+
+    monkeypatch.setattr(Trainer, "train_epoch", interrupted_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        train(digits_dir, tmp_path / "interrupted", config, progress=False)
+    monkeypatch.setattr(Trainer, "train_epoch", original_epoch)
+
+    resumed = train(None, tmp_path / "interrupted", resume=True, progress=False)
+    assert [h["epoch"] for h in resumed.history] == [1, 2]
+    assert resumed.history[1]["val_loss"] == pytest.approx(straight.history[1]["val_loss"], rel=1e-5)
+    assert resumed.metrics["accuracy"] == straight.metrics["accuracy"]
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(ImgclsError, match="nothing to resume"):
+        train(None, tmp_path, resume=True)
+
+
+def test_early_stopping_stops_after_patience_and_restores_the_best_weights():
+    model = torch.nn.Linear(2, 2)
+    trainer = SimpleNamespace(model=model, stop_training=False, history=[])
+    stopper = EarlyStopping(patience=2)
+    for epoch, val_loss in enumerate([1.0, 0.5, 0.7, 0.9, 0.4], start=1):
+        with torch.no_grad():
+            model.weight.fill_(epoch)  # weights tell which epoch they are from
+        trainer.history.append({"epoch": epoch})
+        stopper.on_epoch_end(trainer, {"epoch": epoch, "val_loss": val_loss})
+        if trainer.stop_training:
+            break
+    assert epoch == 4  # epochs 3 and 4 did not beat epoch 2
+    stopper.on_train_end(trainer)
+    assert model.weight.unique().tolist() == [2.0]
+
+
+def test_plateau_schedule_cuts_the_learning_rate_when_validation_stalls(digits_dir, tmp_path):
+    config = TrainConfig(**{**FAST_CONFIG, "epochs": 5, "schedule": "plateau", "plateau_patience": 1,
+                            "lr": 5.0, "optimizer": "sgd", "label_smoothing": 0.0})
+    result = train(digits_dir, tmp_path / "run", config, progress=False)
+    rates = [h["lr"] for h in result.history]
+    assert rates[0] == 5.0 and min(rates) < 5.0
+
+
+@pytest.mark.parametrize("option", [{"optimizer": "adam"}, {"optimizer": "rmsprop"}, {"schedule": "cosine"},
+                                    {"class_weights": True, "grad_clip": 1.0}, {"augment": "seed"}, {"augment": "strong"},
+                                    {"model": "lenet5"}, {"model": "seed-cnn", "img_size": 48}])
+def test_every_training_option_trains(digits_dir, tmp_path, option):
+    result = train(digits_dir, tmp_path / "run", TrainConfig(**{**FAST_CONFIG, "epochs": 1, **option}), progress=False)
+    assert np.isfinite(result.history[0]["train_loss"])
+
+
+def test_multi_label_from_a_csv_tunes_and_stores_per_class_thresholds(digits_dir, tmp_path):
+    # "small" = digits 0-4, "even" = even digits: two overlapping labels per image.
+    rows = ["path,labels"]
+    for path in sorted((digits_dir / "train").rglob("*.png")) + sorted((digits_dir / "validation").rglob("*.png")):
+        digit = int(path.parent.name)
+        labels = [name for name, on in (("small", digit < 5), ("even", digit % 2 == 0)) if on]
+        rows.append(f"{path.relative_to(digits_dir)},{';'.join(labels)}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows))
+    config = TrainConfig(**{**FAST_CONFIG, "epochs": 4, "multi_label": True, "labels_csv": str(tmp_path / "labels.csv")})
+    result = train(digits_dir, tmp_path / "run", config, progress=False)
+    bundle = json.loads((result.bundle_dir / "config.json").read_text())
+    assert bundle["task"] == "multi-label" and bundle["classes"] == ["even", "small"]
+    assert len(bundle["thresholds"]) == 2 and all(0 < t < 1 for t in bundle["thresholds"])
+    assert result.metrics["mAP"] > 0.7
+    assert (result.run_dir / "evaluation/pr_curves.png").is_file()
+    zero = next((digits_dir / "test" / "0").glob("*.png"))
+    assert set(imgcls.load(result.run_dir).predict(zero)[0]["labels"]) <= {"even", "small", "unknown"}
+
+
+def test_bad_options_are_usage_errors_naming_the_value():
+    with pytest.raises(UsageError, match="unknown optimizer 'adamm'; did you mean 'adam'"):
+        TrainConfig(optimizer="adamm").validate()
+    with pytest.raises(UsageError, match="epochs must be at least 1, got 0"):
+        TrainConfig(epochs=0).validate()
+
+
+def test_unreadable_training_images_are_skipped_and_listed(digits_dir, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(digits_dir, data)
+    broken = data / "train" / "3" / "broken.png"
+    broken.write_bytes(b"not a png")
+    result = train(data, tmp_path / "run", TrainConfig(**{**FAST_CONFIG, "epochs": 1}), progress=False)
+    assert [s["path"] for s in result.skipped] == [str(broken)]
+    assert broken.read_bytes() == b"not a png"
+    assert json.loads((result.run_dir / "data.json").read_text())["skipped"][0]["path"] == str(broken)
