@@ -11,9 +11,13 @@ import torch
 
 
 class Batches:
-    def __init__(self, pixels, targets: torch.Tensor, batch_size: int, shuffle: bool = False,
-                 device: torch.device | str = "cpu", seed: int = 0):
-        self.pixels = torch.as_tensor(pixels)  # (N, H, W, 3) uint8, shares the numpy memory
+    """Batches of `inputs` rows: uint8 images by default, or any tensor with a matching `transform`
+    (e.g. backbone features for a head trained on cached features)."""
+
+    def __init__(self, inputs, targets: torch.Tensor, batch_size: int, shuffle: bool = False,
+                 device: torch.device | str = "cpu", seed: int = 0, transform=None):
+        self.inputs = torch.as_tensor(inputs)  # (N, H, W, 3) uint8 images (shares the numpy memory), or features
+        self.transform = transform or to_model_input
         self.targets = targets  # (N, num_classes) float: one-hot or multi-hot
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -30,7 +34,7 @@ class Batches:
         stop = n - 1 if self.shuffle and n % self.batch_size == 1 and n > 1 else n
         for start in range(0, stop, self.batch_size):
             index = order[start: start + self.batch_size]
-            yield to_model_input(self.pixels[index], self.device), self.targets[index].to(self.device, non_blocking=True)
+            yield self.transform(self.inputs[index], self.device), self.targets[index].to(self.device, non_blocking=True)
 
 
 def to_model_input(pixels: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:

@@ -47,8 +47,9 @@ def _predictions_csv(samples: list[Sample], probs: np.ndarray, classes: list[str
 
 
 def write_evaluation(probs: np.ndarray, samples: list[Sample], config: BundleConfig, out_dir: str | Path,
-                     history_path: Path | None = None) -> dict:
-    """Compute every metric for `probs` (N, C) against `samples`' labels and write the files."""
+                     history_path: Path | None = None, uncalibrated: np.ndarray | None = None) -> dict:
+    """Compute every metric for `probs` (N, C) against `samples`' labels and write the files.
+    `uncalibrated`: the probabilities before temperature scaling, to report the ECE it fixed."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     classes, hot = config.classes, _targets(samples, len(config.classes))
@@ -61,6 +62,9 @@ def write_evaluation(probs: np.ndarray, samples: list[Sample], config: BundleCon
         plots.write_confusion_csv(metrics["confusion_matrix"], classes, out_dir / "confusion_matrix.csv")
         plots.plot_confusion_matrix(metrics["confusion_matrix"], classes, out_dir / "confusion_matrix.png")
         plots.plot_reliability(M.reliability_bins(hot.argmax(1), probs), out_dir / "reliability.png")
+        if uncalibrated is not None:
+            metrics["ece_before_calibration"] = M.expected_calibration_error(M.reliability_bins(hot.argmax(1), uncalibrated))
+            metrics["temperature"] = config.temperature
     history = _read_history(history_path)
     if history:
         plots.plot_learning_curves(history, out_dir / "learning_curves.png")

@@ -35,6 +35,8 @@ class BundleConfig:
     std: tuple[float, ...]
     task: str = "single-label"
     thresholds: list[float] | None = None  # multi-label: per-class, tuned on validation
+    temperature: float = 1.0  # single-label: softmax(logits / T) is calibrated (fitted on validation)
+    unknown_below: float | None = None  # answer 'unknown' under this top probability (imgcls calibrate-unknown)
     model_kwargs: dict = field(default_factory=dict)  # extra architecture arguments
     resize: str = "squash"  # how images are brought to img_size (see data.images.decode_image)
     data_fingerprint: str | None = None

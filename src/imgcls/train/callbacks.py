@@ -87,8 +87,17 @@ class Checkpoint(Callback):
         atomic_write_bytes(self.path, buffer.getvalue())
 
 
+class EpochLog(Callback):
+    """One log line per epoch, with or without a progress bar, so logs of unattended runs show progress."""
+
+    def on_epoch_end(self, trainer, logs):
+        log.info("epoch %d/%d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  lr %.2e  (%.1fs)",
+                 logs["epoch"], trainer.config.epochs, logs["train_loss"], logs["train_accuracy"],
+                 logs["val_loss"], logs["val_accuracy"], logs["lr"], logs["seconds"])
+
+
 class ProgressBar(Callback):
-    """A tqdm bar per epoch with live loss/accuracy and an ETA; a log line per epoch for non-terminals."""
+    """A tqdm bar per epoch with live loss/accuracy and an ETA (shown on terminals only)."""
 
     def __init__(self, refresh_every: int = 5):
         self.refresh_every, self.bar = refresh_every, None
@@ -110,6 +119,3 @@ class ProgressBar(Callback):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-        log.info("epoch %d/%d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  lr %.2e  (%.1fs)",
-                 logs["epoch"], trainer.config.epochs, logs["train_loss"], logs["train_accuracy"],
-                 logs["val_loss"], logs["val_accuracy"], logs["lr"], logs["seconds"])

@@ -7,6 +7,7 @@ from ..errors import UsageError, did_you_mean
 
 OPTIMIZERS = ("adamw", "adam", "sgd", "rmsprop")
 SCHEDULES = ("onecycle", "cosine", "constant", "plateau")
+MODES = ("auto", "scratch", "freeze", "finetune")
 # Per-optimizer defaults at batch 64; lr scales linearly with batch size (Goyal et al. 2017).
 DEFAULT_LR_AT_64 = {"adamw": 2e-3, "adam": 1e-3, "sgd": 0.05, "rmsprop": 1e-3}
 DEFAULT_WEIGHT_DECAY = {"adamw": 0.05, "adam": 0.0, "sgd": 5e-4, "rmsprop": 0.0}
@@ -14,7 +15,7 @@ DEFAULT_WEIGHT_DECAY = {"adamw": 0.05, "adam": 0.0, "sgd": 5e-4, "rmsprop": 0.0}
 
 @dataclass
 class TrainConfig:
-    model: str = "cnn-bn"  # strongest built-in from scratch; needs no download
+    model: str | None = None  # None: cnn-bn (train.run.DEFAULT_MODEL), or the --init-from bundle's architecture
     img_size: int | None = None  # None: the model's design size, or the images' median side if smaller
     epochs: int = 30
     batch_size: int = 64
@@ -34,6 +35,11 @@ class TrainConfig:
     labels_csv: str | None = None  # multi-label: path,labels CSV (labels ';'-separated)
     pretrained: bool = False
     weights: str | None = None  # local checkpoint to start from
+    init_from: str | None = None  # an imgcls bundle to start from (train on one dataset, transfer to another)
+    mode: str = "auto"  # scratch | freeze | finetune; auto: finetune when starting from weights, else scratch
+    head_epochs: int = 1  # finetune: epochs of head-only training before the backbone unfreezes
+    cache_features: bool = True  # freeze + augment none: train the head on backbone features computed once
+    layer_decay: float = 0.7  # finetune: lr multiplier per block towards the input (1 = same lr everywhere)
     val_split: float = 0.2  # used only when the data has no validation folder
     test_split: float = 0.0
     seed: int = 0
@@ -46,10 +52,16 @@ class TrainConfig:
     def resolved_weight_decay(self) -> float:
         return self.weight_decay if self.weight_decay is not None else DEFAULT_WEIGHT_DECAY[self.optimizer]
 
+    def resolved_mode(self) -> str:
+        starts_trained = self.pretrained or self.weights is not None or self.init_from is not None
+        if self.mode == "auto":
+            return "finetune" if starts_trained else "scratch"
+        return self.mode
+
     def validate(self) -> "TrainConfig":
         from ..data.augment import AUGMENT_PRESETS
 
-        for name, choices in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("augment", AUGMENT_PRESETS)):
+        for name, choices in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("augment", AUGMENT_PRESETS), ("mode", MODES)):
             value = getattr(self, name)
             if value not in choices:
                 raise UsageError(f"unknown {name} '{value}'{did_you_mean(value, choices)} (choose from {', '.join(choices)})")
@@ -58,6 +70,8 @@ class TrainConfig:
                 raise UsageError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.img_size is not None and self.img_size < 8:
             raise UsageError(f"img_size must be at least 8 pixels, got {self.img_size}")
+        if not 0 < self.layer_decay <= 1:
+            raise UsageError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
         if self.lr is not None and self.lr <= 0:
             raise UsageError(f"lr must be positive, got {self.lr}")
         return self

@@ -16,6 +16,7 @@ from ..data.loader import Batches
 from .callbacks import Callback
 from .config import TrainConfig
 from .schedule import LrSchedule, build_optimizer
+from .transfer import keep_frozen_batchnorm_in_eval
 
 
 def make_loss(config: TrainConfig, class_weights: torch.Tensor | None) -> nn.Module:
@@ -74,7 +75,8 @@ def recompute_batchnorm(model: nn.Module, batches: Batches, max_images: int = PR
     """Replace BatchNorm running statistics by exact averages over training images ("precise BN",
     https://arxiv.org/abs/2105.07576). Running averages lag behind fast-changing weights: on a few
     hundred images they leave evaluation at chance while batch statistics give a good model."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+             and (m.weight is None or m.weight.requires_grad)]  # frozen layers keep pretrained statistics
     if not norms:
         return
     momenta = [m.momentum for m in norms]
@@ -96,11 +98,12 @@ def recompute_batchnorm(model: nn.Module, batches: Batches, max_images: int = PR
 
 class Trainer:
     def __init__(self, model: nn.Module, config: TrainConfig, train_batches: Batches, val_batches: Batches,
-                 augment, loss_fn: nn.Module, callbacks: list[Callback], device: torch.device):
+                 augment, loss_fn: nn.Module, callbacks: list[Callback], device: torch.device,
+                 lr_scales: dict[str, float] | None = None):
         self.model, self.config, self.device = model, config, device
         self.train_batches, self.val_batches = train_batches, val_batches
         self.augment, self.loss_fn, self.callbacks = augment, loss_fn, callbacks
-        self.optimizer = build_optimizer(model, config)
+        self.optimizer = build_optimizer(model, config, lr_scales)
         self.schedule = LrSchedule(self.optimizer, config, total_steps=config.epochs * len(train_batches))
         self.augment_generator = torch.Generator().manual_seed(config.seed + 2)
         self.epoch, self.history, self.stop_training = 0, [], False
@@ -124,6 +127,7 @@ class Trainer:
 
     def train_epoch(self) -> dict:
         self.model.train()
+        keep_frozen_batchnorm_in_eval(self.model)
         start, seen = time.perf_counter(), 0
         loss_sum = torch.zeros((), device=self.device)  # accumulated on device: no sync per step
         correct = torch.zeros((), device=self.device)

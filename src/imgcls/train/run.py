@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,19 +23,23 @@ from ..errors import ImgclsError
 from ..evaluate.evaluation import write_evaluation
 from ..evaluate.metrics import tune_thresholds
 from ..fileio import atomic_write_bytes
-from ..models.bundle import BundleConfig, save_bundle
+from ..models.bundle import WEIGHTS_FILE, BundleConfig, find_bundle, read_bundle_config, save_bundle
 from ..models.classifier import IMAGENET_MEAN, IMAGENET_STD, Classifier
 from ..models.registry import check_model_name, create_model, default_img_size
 from ..models.weights import load_weights
 from ..runtime import resolve_device
-from .callbacks import CHECKPOINT_FILE, Checkpoint, EarlyStopping, HistoryCSV, ProgressBar
+from .calibration import fit_temperature
+from .callbacks import CHECKPOINT_FILE, Checkpoint, EarlyStopping, EpochLog, HistoryCSV, ProgressBar
 from .config import TrainConfig
 from .loop import Trainer, make_loss, predict_logits
+from .transfer import SMALL_BATCH, UnfreezeBackbone, classifier_head, head_inputs, layer_lr_scales, set_backbone_trainable
 
 log = logging.getLogger(__name__)
 
+DEFAULT_MODEL = "cnn-bn"  # strongest built-in from scratch; needs no download
 MIN_AUTO_IMG_SIZE = 32  # below this, three pooling stages leave nothing to classify
 SIZE_SAMPLE = 200  # image headers read to pick img_size
+IMBALANCE_WARNING = 3  # largest/smallest class ratio from which the loss is noticeably biased
 
 
 @dataclass
@@ -61,7 +65,15 @@ def auto_img_size(model: str, samples: list[Sample]) -> int:
     return max(MIN_AUTO_IMG_SIZE, min(default_img_size(model), -(-median // 8) * 8))
 
 
-def _decode_split(samples: list[Sample], size: int, workers: int | None, desc: str):
+@dataclass
+class DecodedSplit:
+    pixels: np.ndarray  # (N, H, W, 3) uint8
+    samples: list[Sample]  # the readable ones, row for row
+    targets: torch.Tensor  # (N, num_classes) one-hot or multi-hot
+    failed: list[tuple[Path, str]]
+
+
+def _decode_split(samples: list[Sample], size: int, num_classes: int, workers: int | None, desc: str) -> DecodedSplit:
     from tqdm.auto import tqdm
 
     with tqdm(total=len(samples), desc=f"decoding {desc}", unit="img", leave=False, disable=None) as bar:
@@ -69,14 +81,10 @@ def _decode_split(samples: list[Sample], size: int, workers: int | None, desc: s
     kept = [samples[i] for i in decoded.kept]
     if not kept:
         raise ImgclsError(f"none of the {len(samples)} {desc} images could be read")
-    return decoded.pixels, kept, decoded.failed
-
-
-def _one_hot(samples: list[Sample], num_classes: int) -> torch.Tensor:
-    hot = torch.zeros(len(samples), num_classes)
-    for row, sample in enumerate(samples):
-        hot[row, list(sample.labels)] = 1
-    return hot
+    targets = torch.zeros(len(kept), num_classes)
+    for row, sample in enumerate(kept):
+        targets[row, list(sample.labels)] = 1
+    return DecodedSplit(decoded.pixels, kept, targets, decoded.failed)
 
 
 def _class_weights(targets: torch.Tensor, multi_label: bool) -> torch.Tensor:
@@ -86,12 +94,24 @@ def _class_weights(targets: torch.Tensor, multi_label: bool) -> torch.Tensor:
     return len(targets) / (len(positives) * positives)
 
 
-def _build_model(config: TrainConfig, num_classes: int, img_size: int) -> Classifier:
+def _start_config(config: TrainConfig | None, source: BundleConfig | None) -> TrainConfig:
+    """Fill what the user left open: the model and image size of an --init-from bundle."""
+    config = config or TrainConfig()
+    if source is None:
+        return replace(config, model=config.model or DEFAULT_MODEL).validate()
+    if config.model not in (None, source.architecture):
+        raise ImgclsError(f"--init-from bundle is a '{source.architecture}' but --model is '{config.model}'; "
+                          "leave --model out to continue its architecture")
+    return replace(config, model=source.architecture, img_size=config.img_size or source.img_size).validate()
+
+
+def _build_model(config: TrainConfig, num_classes: int, img_size: int, source: BundleConfig | None) -> Classifier:
     torch.manual_seed(config.seed)
-    net = create_model(config.model, num_classes=num_classes, img_size=img_size, pretrained=config.pretrained)
-    if config.weights:
-        load_weights(net, config.weights)
-    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    net = create_model(config.model, num_classes=num_classes, img_size=img_size, pretrained=config.pretrained,
+                       **(source.model_kwargs if source else {}))
+    for weights in filter(None, (config.weights, config.init_from and find_bundle(config.init_from) / WEIGHTS_FILE)):
+        load_weights(net, weights)
+    mean, std = (source.mean, source.std) if source else (IMAGENET_MEAN, IMAGENET_STD)
     pretrained_cfg = getattr(net, "pretrained_cfg", None) or {}
     if config.pretrained and pretrained_cfg.get("mean"):
         mean, std = tuple(pretrained_cfg["mean"]), tuple(pretrained_cfg["std"])
@@ -108,6 +128,54 @@ def _resume_state(run_dir: Path) -> dict:
         raise ImgclsError(f"checkpoint '{path}' is damaged ({type(err).__name__}); start a new run") from None
 
 
+def _make_trainer(model: Classifier, config: TrainConfig, train_set: DecodedSplit, val_set: DecodedSplit,
+                  run_dir: Path, device: torch.device, progress: bool) -> Trainer:
+    """The trainer for the mode: the whole network, or only its head on features computed once
+    (frozen backbone, no augmentation: every epoch after the first costs a few matrix products)."""
+    mode, num_classes, img_size = config.resolved_mode(), train_set.targets.shape[1], train_set.pixels.shape[1]
+    weights = _class_weights(train_set.targets, config.multi_label).to(device) if config.class_weights else None
+    callbacks = ([ProgressBar()] if progress else []) + [
+        EpochLog(), EarlyStopping(config.early_stopping), HistoryCSV(run_dir), Checkpoint(run_dir)]
+    train_batches = Batches(train_set.pixels, train_set.targets, config.batch_size, shuffle=True, device=device, seed=config.seed)
+    val_batches = Batches(val_set.pixels, val_set.targets, max(config.batch_size, 128), device=device)
+    lr_scales = None
+    if mode == "freeze":
+        set_backbone_trainable(model, False)
+        if config.augment == "none" and config.cache_features:
+            to_device = lambda features, dev: features.to(dev, non_blocking=True)
+            log.info("frozen backbone without augmentation: computing its features once")
+            train_batches = Batches(*head_inputs(model, Batches(train_set.pixels, train_set.targets, 256, device=device)),
+                                    config.batch_size, shuffle=True, device=device, seed=config.seed, transform=to_device)
+            val_batches = Batches(*head_inputs(model, val_batches), val_batches.batch_size, device=device, transform=to_device)
+            model = classifier_head(model)
+        else:
+            log.info("frozen backbone with augmentation runs the backbone every epoch; --augment none trains on cached features")
+    elif mode == "finetune":
+        callbacks.append(UnfreezeBackbone(config.head_epochs, freeze_batchnorm=config.batch_size < SMALL_BATCH))
+        lr_scales = layer_lr_scales(model, config.layer_decay)
+    augment = build_augment(config.augment, img_size, num_classes, config.multi_label)
+    return Trainer(model, config, train_batches, val_batches, augment, make_loss(config, weights), callbacks, device, lr_scales)
+
+
+def _finish(model: Classifier, config: TrainConfig, dataset: LabelledImages, val_set: DecodedSplit,
+            run_dir: Path, device: torch.device) -> tuple[Path, dict]:
+    """Calibrate on validation, evaluate, and save the bundle."""
+    logits, _ = predict_logits(model, Batches(val_set.pixels, val_set.targets, max(config.batch_size, 128), device=device))
+    temperature = 1.0 if config.multi_label else fit_temperature(logits, val_set.targets.argmax(1))
+    probs = (logits.sigmoid() if config.multi_label else (logits / temperature).softmax(1)).numpy()
+    bundle_config = BundleConfig(
+        architecture=config.model, classes=dataset.classes, img_size=val_set.pixels.shape[1],
+        mean=tuple(model.mean.flatten().tolist()), std=tuple(model.std.flatten().tolist()),
+        task="multi-label" if config.multi_label else "single-label", temperature=temperature,
+        thresholds=tune_thresholds(val_set.targets.numpy(), probs).tolist() if config.multi_label else None,
+        data_fingerprint=dataset.fingerprint(),
+    )
+    metrics = write_evaluation(probs, val_set.samples, bundle_config, run_dir / "evaluation", run_dir / "history.csv",
+                               uncalibrated=None if config.multi_label else logits.softmax(1).numpy())
+    bundle_config.metrics = {k: metrics[k] for k in ("accuracy", "mAP", "macro_avg", "ece") if k in metrics}
+    return save_bundle(model.cpu(), bundle_config, run_dir / "model"), metrics
+
+
 def train(data_dir: str | Path | None, run_dir: str | Path, config: TrainConfig | None = None,
           resume: bool = False, progress: bool = True) -> TrainResult:
     """Train on `data_dir` and write the bundle and evaluation to `run_dir`.
@@ -115,62 +183,44 @@ def train(data_dir: str | Path | None, run_dir: str | Path, config: TrainConfig 
     run_dir = Path(run_dir)
     state = _resume_state(run_dir) if resume else None
     if state is not None:
-        config = TrainConfig.from_dict(state["config"])
-        data_dir = data_dir or state["data_dir"]
-    config = (config or TrainConfig()).validate()
+        config, data_dir = TrainConfig.from_dict(state["config"]), data_dir or state["data_dir"]
     if data_dir is None:
         raise ImgclsError("no data folder given")
+    source = read_bundle_config(config.init_from) if config is not None and config.init_from else None
+    config = _start_config(config, source)
     check_model_name(config.model)
     device = resolve_device(config.device)
 
     dataset = discover(data_dir, config.val_split, config.test_split, config.seed, config.multi_label, config.labels_csv)
-    _warn_leakage(dataset)
+    _warn_about_data(dataset)
     img_size = (state or {}).get("img_size") or config.img_size or auto_img_size(config.model, dataset.splits["train"])
-    log.info("%d classes, %s images; model %s at %d px on %s", len(dataset.classes),
-             {k: len(v) for k, v in dataset.splits.items()}, config.model, img_size, device)
-
-    train_pixels, train_samples, train_failed = _decode_split(dataset.splits["train"], img_size, config.workers, "train")
-    val_pixels, val_samples, val_failed = _decode_split(dataset.splits["validation"], img_size, config.workers, "validation")
+    log.info("%d classes, %s images; model %s at %d px on %s (%s)", len(dataset.classes),
+             {k: len(v) for k, v in dataset.splits.items()}, config.model, img_size, device, config.resolved_mode())
     num_classes = len(dataset.classes)
-    train_targets, val_targets = _one_hot(train_samples, num_classes), _one_hot(val_samples, num_classes)
-
-    model = _build_model(config, num_classes, img_size).to(device).to(memory_format=torch.channels_last)
-    weights = _class_weights(train_targets, config.multi_label).to(device) if config.class_weights else None
-    train_batches = Batches(train_pixels, train_targets, config.batch_size, shuffle=True, device=device, seed=config.seed)
-    val_batches = Batches(val_pixels, val_targets, max(config.batch_size, 128), device=device)
-    callbacks = ([ProgressBar()] if progress else []) + [EarlyStopping(config.early_stopping), HistoryCSV(run_dir), Checkpoint(run_dir)]
-    trainer = Trainer(model, config, train_batches, val_batches,
-                      build_augment(config.augment, img_size, num_classes, config.multi_label),
-                      make_loss(config, weights), callbacks, device)
+    train_set = _decode_split(dataset.splits["train"], img_size, num_classes, config.workers, "train")
+    val_set = _decode_split(dataset.splits["validation"], img_size, num_classes, config.workers, "validation")
+    model = _build_model(config, num_classes, img_size, source).to(device).to(memory_format=torch.channels_last)
+    skipped = [{"path": str(p), "reason": r} for p, r in train_set.failed + val_set.failed]
     run_dir.mkdir(parents=True, exist_ok=True)
-    skipped = [{"path": str(p), "reason": r} for p, r in train_failed + val_failed]
     _write_data_summary(run_dir, dataset, data_dir, img_size, skipped)
+
+    trainer = _make_trainer(model, config, train_set, val_set, run_dir, device, progress)
     if state is not None:
         trainer.load_state_dict(state)
         log.info("resuming %s after epoch %d of %d", run_dir, trainer.epoch, config.epochs)
     trainer.extra_state = {"data_dir": str(data_dir), "img_size": img_size}
     history = trainer.fit()
-
-    val_probs = _probabilities(model, val_batches, config.multi_label)
-    bundle_config = BundleConfig(
-        architecture=config.model, classes=dataset.classes, img_size=img_size,
-        mean=tuple(model.mean.flatten().tolist()), std=tuple(model.std.flatten().tolist()),
-        task="multi-label" if config.multi_label else "single-label",
-        thresholds=tune_thresholds(val_targets.numpy(), val_probs).tolist() if config.multi_label else None,
-        data_fingerprint=dataset.fingerprint(),
-    )
-    metrics = write_evaluation(val_probs, val_samples, bundle_config, run_dir / "evaluation", run_dir / "history.csv")
-    bundle_config.metrics = {k: metrics[k] for k in ("accuracy", "mAP", "macro_avg") if k in metrics}
-    bundle_dir = save_bundle(model.cpu(), bundle_config, run_dir / "model")
+    bundle_dir, metrics = _finish(model, config, dataset, val_set, run_dir, device)
     return TrainResult(run_dir, bundle_dir, metrics, history, skipped)
 
 
-def _probabilities(model, batches: Batches, multi_label: bool) -> np.ndarray:
-    logits, _ = predict_logits(model, batches)
-    return (logits.sigmoid() if multi_label else logits.softmax(1)).numpy()
-
-
-def _warn_leakage(dataset: LabelledImages) -> None:
+def _warn_about_data(dataset: LabelledImages) -> None:
+    """The cheap part of `imgcls audit`: leakage between splits and class imbalance."""
+    counts = dataset.counts()["train"]
+    smallest, largest = min(counts, key=counts.get), max(counts, key=counts.get)
+    if counts[smallest] * IMBALANCE_WARNING < counts[largest]:
+        log.warning("classes are imbalanced: '%s' has %d training images, '%s' %d; consider --class-weights",
+                    smallest, counts[smallest], largest, counts[largest])
     leaks = find_leakage(dataset)
     if leaks:
         example = leaks[0]["paths"]

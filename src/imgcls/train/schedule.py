@@ -9,14 +9,17 @@ from torch import nn
 from .config import TrainConfig
 
 
-def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """No weight decay on biases and norm parameters: decaying them only hurts (Goyal et al. 2017)."""
-    decay, no_decay = [], []
-    for param in model.parameters():
-        if param.requires_grad:
-            (decay if param.ndim > 1 else no_decay).append(param)
-    groups = [{"params": decay, "weight_decay": config.resolved_weight_decay()}, {"params": no_decay, "weight_decay": 0.0}]
-    lr = config.resolved_lr()
+def build_optimizer(model: nn.Module, config: TrainConfig, lr_scales: dict[str, float] | None = None) -> torch.optim.Optimizer:
+    """One group per (lr scale, decay or not). No weight decay on biases and norm parameters:
+    decaying them only hurts (Goyal et al. 2017). Frozen parameters are included: they get no
+    gradient, so the optimizer skips them until they are unfrozen."""
+    lr, weight_decay = config.resolved_lr(), config.resolved_weight_decay()
+    grouped: dict[tuple[float, bool], list] = {}
+    for name, param in model.named_parameters():
+        scale = (lr_scales or {}).get(name, 1.0)
+        grouped.setdefault((scale, param.ndim > 1), []).append(param)
+    groups = [{"params": params, "lr": lr * scale, "weight_decay": weight_decay if decays else 0.0}
+              for (scale, decays), params in grouped.items()]
     fused = {"foreach": True}
     if config.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=lr, **fused)

@@ -1,0 +1,55 @@
+"""Shared by the benchmark scripts: find and extract a dataset archive, describe the machine,
+print a result table and write bench/results/<name>.json."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tarfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+ARCHIVES = Path(os.environ.get("IMGCLS_DATA_ARCHIVES", REPO.parent / "shared" / "data"))
+EXTRACT_ROOT = Path(os.environ.get("IMGCLS_DATA_CACHE", Path.home() / ".cache" / "imgcls-data"))
+RESULTS = REPO / "bench" / "results"
+
+
+def dataset(archive_name: str, folder: str) -> Path:
+    """The extracted dataset folder, extracting the archive once; exits 0 with a note if absent."""
+    target = EXTRACT_ROOT / folder
+    if target.is_dir():
+        return target
+    archive = ARCHIVES / archive_name
+    if not archive.is_file():
+        print(f"skipped: {archive} not found (set IMGCLS_DATA_ARCHIVES to the folder holding it)")
+        sys.exit(0)
+    EXTRACT_ROOT.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(EXTRACT_ROOT, filter="data") if hasattr(tarfile, "data_filter") else tar.extractall(EXTRACT_ROOT)
+    return target
+
+
+def machine() -> dict:
+    import torch
+    import torchvision
+
+    return {
+        "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+    }
+
+
+def report(name: str, rows: list[dict], command: str) -> Path:
+    columns = list(rows[0])
+    widths = [max(len(str(c)), *(len(str(r[c])) for r in rows)) for c in columns]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    for row in rows:
+        print("  ".join(str(row[c]).ljust(w) for c, w in zip(columns, widths)))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps({"name": name, "command": command, "machine": machine(), "rows": rows}, indent=2))
+    print(f"\nwritten to {path}")
+    return path
