@@ -10,7 +10,7 @@ import json
 import os
 import shutil
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from .. import __version__
 from ..errors import ImgclsError
+from ..fileio import atomic_write_bytes
 from .classifier import Classifier
 from .registry import create_model
 
@@ -96,6 +97,14 @@ def read_bundle_config(path: str | Path) -> BundleConfig:
         raise ImgclsError(f"bundle config '{folder / CONFIG_FILE}' is damaged: {err}") from None
     if config.task not in TASKS:
         raise ImgclsError(f"bundle '{folder}' has unknown task {config.task!r}; expected one of {TASKS}")
+    return config
+
+
+def update_bundle_config(path: str | Path, **changes) -> BundleConfig:
+    """Change fields of a saved bundle's config.json in place (atomically); weights are untouched."""
+    folder = find_bundle(path)
+    config = replace(read_bundle_config(folder), **changes)
+    atomic_write_bytes(folder / CONFIG_FILE, json.dumps(asdict(config), indent=2, ensure_ascii=False).encode())
     return config
 
 

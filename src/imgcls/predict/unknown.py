@@ -1,0 +1,67 @@
+"""Choosing the 'unknown' threshold from data rather than by guess: in-distribution images should
+keep their answers, outliers (images of none of the classes) should be answered 'unknown'.
+
+The threshold maximises Youden's J (kept in-distribution rate + rejected outlier rate - 1),
+the balanced point of the trade-off; the full trade-off is reported so a user can pick another.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..data.cache import decode_all
+from ..data.folders import expand_inputs, find_evaluation_images
+from ..errors import ImgclsError
+from ..models.bundle import update_bundle_config
+from .predictor import Predictor
+
+REPORTED_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+
+
+def _top_scores(predictor: Predictor, paths: list[Path], what: str) -> tuple[np.ndarray, list[int]]:
+    """Probabilities of the readable images, and which of `paths` they are."""
+    decoded = decode_all(paths, predictor.config.img_size)
+    if not decoded.kept:
+        raise ImgclsError(f"none of the {len(paths)} {what} images could be read")
+    return predictor.probabilities(decoded.pixels), decoded.kept
+
+
+def _trade_off(threshold: float, known_top: np.ndarray, known_correct: np.ndarray, outlier_top: np.ndarray) -> dict:
+    kept = known_top >= threshold
+    return {
+        "threshold": round(float(threshold), 4),
+        "in_distribution_kept": round(float(kept.mean()), 4),
+        "accuracy_on_kept": round(float(known_correct[kept].mean()), 4) if kept.any() else None,
+        "outliers_rejected": round(float((outlier_top < threshold).mean()), 4),
+    }
+
+
+def calibrate_unknown(bundle: str | Path, data_dir: str | Path, outliers: str | Path, save: bool = True) -> dict:
+    """Pick `unknown_below` for a single-label bundle and store it in the bundle (unless save=False)."""
+    from sklearn.metrics import roc_auc_score
+
+    predictor = Predictor.load(bundle)
+    if predictor.config.multi_label:
+        raise ImgclsError("calibrate-unknown is for single-label bundles; multi-label ones answer 'unknown' "
+                          "when no class reaches its tuned threshold")
+    samples = find_evaluation_images(data_dir, predictor.classes)
+    known_probs, kept = _top_scores(predictor, [s.path for s in samples], "in-distribution")
+    labels = np.array([samples[i].labels[0] for i in kept])
+    outlier_probs, _ = _top_scores(predictor, expand_inputs([str(outliers)]), "outlier")
+    known_top, outlier_top = known_probs.max(1), outlier_probs.max(1)
+    known_correct = known_probs.argmax(1) == labels
+
+    candidates = np.unique(np.concatenate([known_top, outlier_top]))
+    youden = [(known_top >= t).mean() + (outlier_top < t).mean() for t in candidates]
+    chosen = float(candidates[int(np.argmax(youden))])
+    report = {
+        "chosen": _trade_off(chosen, known_top, known_correct, outlier_top),
+        "auroc": round(float(roc_auc_score(np.r_[np.ones(len(known_top)), np.zeros(len(outlier_top))],
+                                           np.r_[known_top, outlier_top])), 4),
+        "trade_off": [_trade_off(t, known_top, known_correct, outlier_top) for t in REPORTED_THRESHOLDS],
+        "n_in_distribution": len(known_top), "n_outliers": len(outlier_top), "saved": save,
+    }
+    if save:
+        update_bundle_config(bundle, unknown_below=report["chosen"]["threshold"])
+    return report
