@@ -75,17 +75,19 @@ def write_evaluation(probs: np.ndarray, samples: list[Sample], config: BundleCon
 
 
 def evaluate(bundle: str | Path, data_dir: str | Path, out_dir: str | Path | None = None, split: str | None = None,
-             labels_csv: str | Path | None = None, device: str = "cpu") -> tuple[dict, Path]:
+             labels_csv: str | Path | None = None, device: str = "cpu", tta: str | None = None) -> tuple[dict, Path]:
     """Evaluate a saved bundle on the test (else validation) images of `data_dir`."""
     from ..predict.predictor import Predictor
 
-    predictor = Predictor.load(bundle, device=device)
+    predictor = Predictor.load(bundle, device=device, tta=tta)
     samples = find_evaluation_images(data_dir, predictor.classes, split, predictor.config.multi_label, labels_csv)
     decoded = decode_all([s.path for s in samples], predictor.config.img_size)
     samples = [samples[i] for i in decoded.kept]
     bundle_dir = find_bundle(bundle)
     out_dir = Path(out_dir) if out_dir else bundle_dir.parent / "evaluation"
-    metrics = write_evaluation(predictor.probabilities(decoded.pixels), samples, predictor.config, out_dir,
-                               history_path=bundle_dir.parent / "history.csv")
+    logits = predictor.logits(decoded.pixels)
+    metrics = write_evaluation(predictor.scores(logits), samples, predictor.config, out_dir,
+                               history_path=bundle_dir.parent / "history.csv",
+                               uncalibrated=None if predictor.config.multi_label else predictor.scores(logits, calibrated=False))
     metrics["skipped"] = [{"path": str(p), "reason": r} for p, r in decoded.failed]
     return metrics, out_dir

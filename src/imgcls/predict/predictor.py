@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -15,34 +15,66 @@ from ..models.bundle import BundleConfig, load_bundle
 from ..runtime import resolve_device
 
 UNKNOWN = "unknown"
+TTA_MODES = (None, "flip")
+ENGINES = ("torch", "onnx")  # onnx: the bundle's model.onnx (from `imgcls export`) run by onnxruntime
 
 
 class Predictor:
-    def __init__(self, model: torch.nn.Module, config: BundleConfig, device: torch.device):
-        self.model, self.config, self.device = model, config, device
+    def __init__(self, model: Callable[[torch.Tensor], torch.Tensor], config: BundleConfig, device: torch.device):
+        self.model, self.config, self.device = model, config, device  # model: (B, 3, H, W) in [0, 1] -> logits
         self.classes = config.classes
+        self.tta: str | None = None  # "flip": average with the mirrored image
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "cpu") -> "Predictor":
+    def load(cls, path: str | Path, device: str = "cpu", engine: str = "torch", tta: str | None = None) -> "Predictor":
         device = resolve_device(device)
-        model, config = load_bundle(path, device)
-        return cls(model, config, device)
+        if engine == "torch":
+            model, config = load_bundle(path, device)
+        elif engine == "onnx":
+            from ..export.session import load_onnx  # onnxruntime loads only for those who ask for it
+
+            model, config = load_onnx(path, device)
+        else:
+            raise UsageError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
+        if tta not in TTA_MODES:
+            raise UsageError(f"unknown test-time augmentation {tta!r}; use one of {', '.join(map(str, TTA_MODES))}")
+        predictor = cls(model, config, device)
+        predictor.tta = tta
+        return predictor
 
     @torch.inference_mode()
-    def probabilities(self, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        """(N, H, W, 3) uint8 at the bundle's size -> (N, num_classes) softmax or sigmoid scores."""
+    def logits(self, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """(N, H, W, 3) uint8 at the bundle's size -> (N, num_classes) raw logits; with tta='flip'
+        the mean of the image's and its mirror's (a cheap, reliable gain for most photos)."""
         outputs = []
         for start in range(0, len(pixels), batch_size):
-            logits = self.model(to_model_input(torch.as_tensor(pixels[start: start + batch_size]), self.device)).float()
-            outputs.append((logits.sigmoid() if self.config.multi_label else logits.softmax(1)).cpu().numpy())
+            images = to_model_input(torch.as_tensor(pixels[start: start + batch_size]), self.device)
+            logits = self.model(images).float()
+            if self.tta == "flip":
+                logits = (logits + self.model(images.flip(3)).float()) / 2
+            outputs.append(logits.cpu().numpy())
         return np.concatenate(outputs) if outputs else np.zeros((0, len(self.classes)), np.float32)
+
+    def scores(self, logits: np.ndarray, calibrated: bool = True) -> np.ndarray:
+        """Sigmoid scores (multi-label), or softmax probabilities at the bundle's fitted temperature."""
+        logits = torch.as_tensor(logits)
+        if self.config.multi_label:
+            return logits.sigmoid().numpy()
+        return (logits / (self.config.temperature if calibrated else 1.0)).softmax(1).numpy()
+
+    def probabilities(self, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """(N, H, W, 3) uint8 at the bundle's size -> (N, num_classes) calibrated scores."""
+        return self.scores(self.logits(pixels, batch_size))
 
     def predict(self, images: Sequence[ImageSource] | ImageSource, top_k: int = 5,
                 unknown_below: float | None = None) -> list[dict]:
         """One result per input, in order: {'path', 'labels', 'predictions': [{'label', 'score'}], 'error'}.
-        An unreadable input gets an 'error' and no predictions; the others are unaffected."""
+        An unreadable input gets an 'error' and no predictions; the others are unaffected.
+        `unknown_below` defaults to the bundle's calibrated threshold, if it has one."""
         if top_k < 1:
             raise UsageError(f"top_k must be at least 1, got {top_k}")
+        if unknown_below is None:
+            unknown_below = self.config.unknown_below  # chosen by `imgcls calibrate-unknown`, if it ran
         if unknown_below is not None and not 0 <= unknown_below <= 1:
             raise UsageError(f"unknown_below is a probability in [0, 1], got {unknown_below}")
         if isinstance(images, (str, Path, bytes, np.ndarray)) or not isinstance(images, Iterable):
