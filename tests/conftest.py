@@ -9,7 +9,7 @@ from imgcls.train.config import TrainConfig
 from imgcls.train.run import train
 
 # Small, fast, and still real: 3 epochs of cnn-bn on ~20 digits per class learns them well above chance.
-FAST_CONFIG = dict(model="cnn-bn", epochs=3, batch_size=32, img_size=32, early_stopping=0)
+FAST_CONFIG = dict(model="cnn-bn", epochs=3, batch_size=32, img_size=32, early_stopping=0, report=False)
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -27,4 +27,4 @@ def digits_dir(tmp_path_factory):
 def trained_run(digits_dir, tmp_path_factory):
     """A run folder trained once for the whole session (read-only for tests)."""
     run_dir = tmp_path_factory.mktemp("runs") / "digits"
-    return train(digits_dir, run_dir, TrainConfig(**FAST_CONFIG), progress=False)
+    return train(digits_dir, run_dir, TrainConfig(**{**FAST_CONFIG, "report": True}), progress=False)

@@ -24,7 +24,7 @@ def test_training_writes_a_self_contained_bundle_and_run_folder(trained_run):
     run = trained_run.run_dir
     for name in ("model/config.json", "model/model.safetensors", "model/labels.txt", "history.csv",
                  "checkpoint.pt", "data.json", "evaluation/metrics.json", "evaluation/confusion_matrix.png",
-                 "evaluation/learning_curves.png"):
+                 "evaluation/learning_curves.png", "report.html"):
         assert (run / name).is_file(), name
     config = json.loads((run / "model/config.json").read_text())
     assert config["architecture"] == "cnn-bn" and config["img_size"] == 32 and config["task"] == "single-label"

@@ -24,6 +24,27 @@ EPILOG_TRAIN = """examples:
   imgcls train data/ --model resnet18 --pretrained
   imgcls train --resume runs/data          # continue an interrupted run"""
 
+EPILOG_SERVE = """examples:
+  imgcls serve runs/data                   # page at http://127.0.0.1:8000, API docs at /docs
+  imgcls serve runs/data --host 0.0.0.0    # reachable from other machines too
+  curl -F files=@photo.jpg 'http://127.0.0.1:8000/predict?top_k=3'"""
+
+EPILOG_EXPORT = """examples:
+  imgcls export runs/data                  # writes runs/data/model/model.onnx
+  imgcls predict runs/data photos/ --engine onnx
+  imgcls export runs/data --out deploy/classifier.onnx --check-images photos/"""
+
+EPILOG_EXPLAIN = """examples:
+  imgcls explain runs/data photo.jpg                          # Grad-CAM of the predicted class
+  imgcls explain runs/data photos/ --method integrated-gradients --out maps/
+  imgcls explain runs/data photo.jpg --class cat --layer layer3
+  imgcls explain runs/data photos/ --method blocks            # one map per block, shallow to deep
+  imgcls explain runs/data photos/ --faithfulness             # deletion test: map order vs random order"""
+
+EPILOG_SIMILAR = """examples:
+  imgcls similar runs/data photo.jpg --k 5                    # nearest training images, JSON + PNG
+  imgcls similar runs/data photos/ --data other_train_dir/"""
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line and a pointer to help, instead of a full usage dump
@@ -41,10 +62,20 @@ def _train_parser(commands) -> None:
     p.add_argument("--out", type=Path, help="run folder to write (default: runs/<data folder name>)")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the interrupted run in RUN_DIR")
     g = p.add_argument_group("model")
-    g.add_argument("--model", default=d.model, help=f"built-in (seed-cnn, lenet5, cnn-bn) or any timm name (default {d.model})")
+    g.add_argument("--model", help="built-in (seed-cnn, lenet5, cnn-bn) or any timm name (default cnn-bn, "
+                                    "or the --init-from bundle's architecture)")
     g.add_argument("--img-size", type=int, help="square input size in pixels (default: the model's, or the images' if smaller)")
     g.add_argument("--pretrained", action="store_true", help="start from timm's pretrained weights (hub or cache)")
     g.add_argument("--weights", metavar="FILE", help="start from a local checkpoint (.safetensors or state dict)")
+    g.add_argument("--init-from", metavar="BUNDLE", help="start from another imgcls bundle (transfer to new classes)")
+    g = p.add_argument_group("transfer learning")
+    mode = g.add_mutually_exclusive_group()
+    mode.add_argument("--freeze", dest="mode", action="store_const", const="freeze",
+                      help="train only a new head on the frozen backbone (with --augment none: on cached features)")
+    mode.add_argument("--finetune", dest="mode", action="store_const", const="finetune",
+                      help="head first, then the whole network with layer-wise lr decay (default when starting from weights)")
+    g.add_argument("--head-epochs", type=int, default=d.head_epochs, help="finetune: head-only epochs before unfreezing")
+    g.add_argument("--layer-decay", type=float, default=d.layer_decay, help="finetune: lr multiplier per block towards the input")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=d.epochs)
     g.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -66,6 +97,80 @@ def _train_parser(commands) -> None:
     g.add_argument("--labels", dest="labels_csv", metavar="CSV", help="multi-label labels: path,labels (';'-separated)")
     g.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    g.add_argument("--no-report", dest="report", action="store_false", help="skip report.html at the end")
+
+
+def _serve_parser(commands) -> None:
+    from ..serve.config import ServeConfig
+
+    d = ServeConfig()
+    p = commands.add_parser("serve", help="a local web page and JSON API for a bundle", epilog=EPILOG_SERVE,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("bundle", help="run folder or its model/ folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1, help="processes, each with its own copy of the model")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--engine", choices=("auto", "torch", "onnx"), default="auto",
+                   help="what runs predictions; auto = ONNX Runtime when the bundle has model.onnx (imgcls export)")
+    p.add_argument("--data", dest="data_dir", metavar="TRAIN_DIR",
+                   help="training images for look-alikes (default: the run's own, from its data.json)")
+    g = p.add_argument_group("limits and batching")
+    g.add_argument("--max-upload-mb", type=float, default=d.max_upload_mb, help="per request; larger gets 413")
+    g.add_argument("--max-files", type=int, default=d.max_files, help="images per request")
+    g.add_argument("--max-batch", type=int, default=d.max_batch, help="images per model call; 1 turns batching off")
+    g.add_argument("--batch-window-ms", type=float, default=d.batch_window_ms, help="wait for requests to batch together")
+
+
+def _export_parser(commands) -> None:
+    p = commands.add_parser("export", help="export a bundle to ONNX, checked against PyTorch", epilog=EPILOG_EXPORT,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("bundle", help="run folder or its model/ folder")
+    p.add_argument("--format", choices=("onnx",), default="onnx")
+    p.add_argument("--out", type=Path, metavar="FILE", help="default: BUNDLE/model.onnx, where --engine onnx finds it")
+    p.add_argument("--tolerance", type=float, metavar="MAX_DIFF",
+                   help="largest score difference from PyTorch accepted (default 1e-4)")
+    p.add_argument("--check-images", nargs="+", metavar="PATH",
+                   help="images to compare on (default: the bundle's validation images, else generated ones)")
+
+
+def _explain_parser(commands) -> None:
+    from ..explain.maps import EXPLAIN_METHODS
+
+    p = commands.add_parser("explain", help="why the model decided: maps over the images", epilog=EPILOG_EXPLAIN,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("bundle", help="run folder or its model/ folder")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files, folders or glob patterns")
+    p.add_argument("--method", default="gradcam", metavar="M", help=f"{', '.join(EXPLAIN_METHODS)} (default gradcam)")
+    p.add_argument("--out", type=Path, default=Path("explanations"), help="folder for the PNGs and .npy maps")
+    p.add_argument("--class", dest="class_name", metavar="NAME", help="explain this class (default: the prediction)")
+    p.add_argument("--layer", metavar="NAME", help="layer for gradcam, gradcam++, feature-maps, filters (see imgcls layers)")
+    p.add_argument("--faithfulness", action="store_true",
+                   help="deletion test: how much faster the score drops removing salient pixels than random ones")
+    p.add_argument("--device", default="auto")
+
+
+def _similar_parser(commands) -> None:
+    p = commands.add_parser("similar", help="the training images the model finds most alike", epilog=EPILOG_SIMILAR,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("bundle", help="run folder or its model/ folder")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files, folders or glob patterns")
+    p.add_argument("--k", type=int, default=5, help="look-alikes per image")
+    p.add_argument("--data", metavar="TRAIN_DIR", help="training images (default: the run's data folder)")
+    p.add_argument("--out", type=Path, default=Path("similar"), help="folder for the side-by-side PNGs and similar.json")
+    p.add_argument("--device", default="auto")
+
+
+def _explain_commands(commands) -> None:
+    _explain_parser(commands)
+    p = commands.add_parser("layers", help="list the layers explain can map, with their output shapes")
+    p.add_argument("bundle", help="run folder or its model/ folder")
+    p.add_argument("--device", default="auto")
+    _similar_parser(commands)
+    p = commands.add_parser("report", help="write report.html for a training run: data, metrics, mistakes, calibration")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--out", type=Path, metavar="FILE", help="default: RUN_DIR/report.html")
+    p.add_argument("--device", default="auto")
 
 
 def _add_commands(parser: argparse.ArgumentParser) -> None:
@@ -79,6 +184,7 @@ def _add_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--labels", dest="labels_csv", metavar="CSV")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--device", default="auto")
+    p.add_argument("--tta", choices=("flip",), help="test-time augmentation: average with the mirrored image")
     p = commands.add_parser("predict", help="predict classes of new images")
     p.add_argument("bundle")
     p.add_argument("inputs", nargs="+", metavar="PATH", help="image files, folders or glob patterns")
@@ -86,6 +192,14 @@ def _add_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=("table", "json", "csv"), default="table")
     p.add_argument("--unknown-below", type=float, metavar="P", help="answer 'unknown' when the top score is below P")
     p.add_argument("--device", default="auto")
+    p.add_argument("--tta", choices=("flip",), help="test-time augmentation: average with the mirrored image")
+    p.add_argument("--engine", choices=("torch", "onnx"), default="torch", help="onnx: run model.onnx (after imgcls export)")
+    p = commands.add_parser("calibrate-unknown", help="choose when predict answers 'unknown', from outlier images")
+    p.add_argument("bundle")
+    p.add_argument("--data", required=True, help="labelled in-distribution images (test, else validation, split)")
+    p.add_argument("--outliers", required=True, help="folder of images of none of the classes")
+    p.add_argument("--no-save", action="store_true", help="report only; do not store the threshold in the bundle")
+    p.add_argument("--format", choices=("table", "json"), default="table")
     p = commands.add_parser("audit", help="check a dataset: counts, imbalance, corrupt files, duplicates, leakage")
     p.add_argument("data")
     p.add_argument("--format", choices=("table", "json"), default="table")
@@ -95,6 +209,9 @@ def _add_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("pattern", nargs="?", default="", help="substring filter, e.g. mobilenet")
     p = commands.add_parser("demo", help="train, evaluate and predict on the bundled digits dataset")
     p.add_argument("--out", type=Path, default=Path("demo-output"))
+    _serve_parser(commands)
+    _export_parser(commands)
+    _explain_commands(commands)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,7 +243,8 @@ def cmd_train(args) -> int:
         run_dir = args.out or _default_run_dir(args.data)
         if (run_dir / "checkpoint.pt").exists():
             raise UsageError(f"'{run_dir}' already holds a run; continue it with --resume {run_dir} or choose another --out")
-        config = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)})
+        given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
+        config = TrainConfig(**given)
         result = train(args.data, run_dir, config, progress=not args.no_progress)
     from . import render
 
@@ -139,7 +257,7 @@ def cmd_evaluate(args) -> int:
     from ..evaluate.evaluation import evaluate
     from . import render
 
-    metrics, out_dir = evaluate(args.bundle, args.data, args.out, args.split, args.labels_csv, args.device)
+    metrics, out_dir = evaluate(args.bundle, args.data, args.out, args.split, args.labels_csv, args.device, args.tta)
     print(json.dumps(metrics, indent=2) if args.format == "json" else f"{render.metrics_summary(metrics)}\n\nwritten to {out_dir}")
     return ExitStatus.OK
 
@@ -152,12 +270,33 @@ def cmd_predict(args) -> int:
     paths = expand_inputs(args.inputs)
     if not paths:
         raise ImgclsError("no images found in the given paths")
-    results = Predictor.load(args.bundle, device=args.device).predict(paths, args.top_k, args.unknown_below)
+    results = Predictor.load(args.bundle, args.device, args.engine, args.tta).predict(paths, args.top_k, args.unknown_below)
     print(render.predictions(results, args.format))
     failed = sum(1 for r in results if r["error"])
     if failed:
         log.warning("%d of %d images could not be read", failed, len(results))
     return ExitStatus.ERROR if failed == len(results) else ExitStatus.OK
+
+
+def cmd_export(args) -> int:
+    from ..data.folders import expand_inputs
+    from ..export.onnx import TOLERANCE, export_onnx
+
+    tolerance = TOLERANCE if args.tolerance is None else args.tolerance
+    result = export_onnx(args.bundle, args.out, tolerance, expand_inputs(args.check_images) if args.check_images else None)
+    checked = ", ".join(f"{count} {source}" for source, count in result.checked.items())
+    print(f"{result.path}\nmax difference from PyTorch: {result.max_score_diff:.1e} in scores (tolerance {tolerance:.0e}), "
+          f"{result.max_logit_diff:.1e} in logits; on {checked}")
+    return ExitStatus.OK
+
+
+def cmd_calibrate_unknown(args) -> int:
+    from ..predict.unknown import calibrate_unknown
+    from . import render
+
+    report = calibrate_unknown(args.bundle, args.data, args.outliers, save=not args.no_save)
+    print(json.dumps(report, indent=2) if args.format == "json" else render.unknown_trade_off(report))
+    return ExitStatus.OK
 
 
 def cmd_audit(args) -> int:
@@ -185,6 +324,72 @@ def cmd_demo(args) -> int:
     return ExitStatus.OK
 
 
+def cmd_serve(args) -> int:
+    from ..serve.config import ServeConfig
+    from ..serve.server import serve
+
+    config = ServeConfig(max_upload_mb=args.max_upload_mb, max_files=args.max_files,
+                         max_batch=args.max_batch, batch_window_ms=args.batch_window_ms)
+    serve(args.bundle, args.host, args.port, args.workers, args.device, args.engine, args.data_dir, config)
+    return ExitStatus.OK
+
+
+def cmd_explain(args) -> int:
+    from ..data.folders import expand_inputs
+    from ..explain.faithfulness import deletion_test
+    from ..explain.maps import check_method, explain, save_explanations
+    from ..fileio import atomic_write_bytes
+    from ..predict.predictor import Predictor
+
+    check_method(args.method)
+    predictor = Predictor.load(args.bundle, device=args.device)
+    explanations = explain(predictor, expand_inputs(args.inputs), args.method, args.class_name, args.layer)
+    written = save_explanations(explanations, args.out, predictor.config.multi_label or args.class_name is not None)
+    print("\n".join(f"{path}  {item.label} {item.score:.1%}" for item, path in zip(explanations, written)))
+    if args.faithfulness:
+        result = deletion_test(predictor, explanations)
+        atomic_write_bytes(args.out / "faithfulness.json", json.dumps(result, indent=2).encode())
+        print(f"faithfulness {result['faithfulness']:.3f}: removing the most salient pixels first drops the score by "
+              f"{result['salient_drop']:.3f} on average, removing random pixels by {result['random_drop']:.3f} "
+              f"({result['images']} maps; details in {args.out / 'faithfulness.json'})")
+    return ExitStatus.OK
+
+
+def cmd_layers(args) -> int:
+    from ..explain.layers import describe_layers
+    from ..predict.predictor import Predictor
+
+    predictor = Predictor.load(args.bundle, device=args.device)
+    print(f"{'layer':40} {'output':>16}  {'map':>11}  role")
+    for row in describe_layers(predictor.model, predictor.config.img_size):
+        role = ", ".join([name for name in ("default", "block") if row[name]]
+                         + ([] if row["reaches_output"] else ["no gradient from the logits (Grad-CAM is blank)"]))
+        print(f"{row['name']:40} {'x'.join(map(str, row['shape'])):>16}  map {'x'.join(map(str, row['map'])):>7}  {role}".rstrip())
+    return ExitStatus.OK
+
+
+def cmd_similar(args) -> int:
+    from ..data.folders import expand_inputs
+    from ..explain.similar import find_similar, save_similar
+    from ..models.bundle import find_bundle
+    from ..predict.predictor import Predictor
+
+    paths = expand_inputs(args.inputs)
+    predictor = Predictor.load(args.bundle, device=args.device)
+    results = find_similar(predictor, paths, args.k, args.data, bundle_dir=find_bundle(args.bundle))
+    written = save_similar(predictor, paths, results, args.out)
+    print(json.dumps([{"path": str(p), "similar": r} for p, r in zip(paths, results)], indent=2, ensure_ascii=False))
+    log.info("side-by-side images: %s", ", ".join(map(str, written)))
+    return ExitStatus.OK
+
+
+def cmd_report(args) -> int:
+    from ..explain.report import write_report
+
+    print(write_report(args.run_dir, args.out, args.device))
+    return ExitStatus.OK
+
+
 def _setup_logging(quiet: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
@@ -200,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         _setup_logging(args.quiet)
-        return int(globals()[f"cmd_{args.command}"](args))
+        return int(globals()[f"cmd_{args.command.replace('-', '_')}"](args))
     except ImgclsError as err:
         if debug:
             raise

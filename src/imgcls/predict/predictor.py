@@ -11,7 +11,7 @@ from ..data.cache import decode_all
 from ..data.images import ImageSource, UnreadableImage, decode_image
 from ..data.loader import to_model_input
 from ..errors import UsageError
-from ..models.bundle import BundleConfig, load_bundle
+from ..models.bundle import BundleConfig, find_bundle, load_bundle
 from ..runtime import resolve_device
 
 UNKNOWN = "unknown"
@@ -24,6 +24,7 @@ class Predictor:
         self.model, self.config, self.device = model, config, device  # model: (B, 3, H, W) in [0, 1] -> logits
         self.classes = config.classes
         self.tta: str | None = None  # "flip": average with the mirrored image
+        self.bundle_dir: Path | None = None  # where look-alike indexes are stored
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", engine: str = "torch", tta: str | None = None) -> "Predictor":
@@ -39,7 +40,7 @@ class Predictor:
         if tta not in TTA_MODES:
             raise UsageError(f"unknown test-time augmentation {tta!r}; use one of {', '.join(map(str, TTA_MODES))}")
         predictor = cls(model, config, device)
-        predictor.tta = tta
+        predictor.tta, predictor.bundle_dir = tta, find_bundle(path)
         return predictor
 
     @torch.inference_mode()
@@ -73,8 +74,6 @@ class Predictor:
         `unknown_below` defaults to the bundle's calibrated threshold, if it has one."""
         if top_k < 1:
             raise UsageError(f"top_k must be at least 1, got {top_k}")
-        if unknown_below is None:
-            unknown_below = self.config.unknown_below  # chosen by `imgcls calibrate-unknown`, if it ran
         if unknown_below is not None and not 0 <= unknown_below <= 1:
             raise UsageError(f"unknown_below is a probability in [0, 1], got {unknown_below}")
         if isinstance(images, (str, Path, bytes, np.ndarray)) or not isinstance(images, Iterable):
@@ -82,11 +81,11 @@ class Predictor:
         images = list(images)
         pixels, errors = self._decode(images)
         scores = iter(self.probabilities(pixels))
-        return [
-            {"path": str(image) if isinstance(image, (str, Path)) else None, "labels": [], "predictions": [], "error": error}
-            if error else self._result(image, next(scores), top_k, unknown_below)
-            for image, error in zip(images, errors)
-        ]
+        results = []
+        for image, error in zip(images, errors):
+            decision = {"labels": [], "predictions": []} if error else self.result(next(scores), top_k, unknown_below)
+            results.append({"path": str(image) if isinstance(image, (str, Path)) else None, **decision, "error": error})
+        return results
 
     def _decode(self, images: list) -> tuple[np.ndarray, list[str | None]]:
         size = self.config.img_size
@@ -106,7 +105,11 @@ class Predictor:
                 errors.append(str(err))
         return (np.stack(rows) if rows else np.zeros((0, size, size, 3), np.uint8)), errors
 
-    def _result(self, image, scores: np.ndarray, top_k: int, unknown_below: float | None) -> dict:
+    def result(self, scores: np.ndarray, top_k: int = 5, unknown_below: float | None = None) -> dict:
+        """{'labels', 'predictions'} for one image's scores: the decision (top class, every class over
+        its threshold, or 'unknown') and the top-k scores. The CLI, the API and the server all use this."""
+        if unknown_below is None:
+            unknown_below = self.config.unknown_below  # chosen by `imgcls calibrate-unknown`, if it ran
         order = np.argsort(-scores, kind="stable")
         if self.config.multi_label:
             thresholds = np.asarray(self.config.thresholds or [0.5] * len(self.classes))
@@ -117,9 +120,4 @@ class Predictor:
             shown = order[:top_k]
         if not labels or (unknown_below is not None and scores[order[0]] < unknown_below):
             labels = [UNKNOWN]  # nothing fits: below the user's bar, or no class over its threshold
-        return {
-            "path": str(image) if isinstance(image, (str, Path)) else None,
-            "labels": labels,
-            "predictions": [{"label": self.classes[i], "score": round(float(scores[i]), 6)} for i in shown],
-            "error": None,
-        }
+        return {"labels": labels, "predictions": [{"label": self.classes[i], "score": round(float(scores[i]), 6)} for i in shown]}

@@ -202,7 +202,7 @@ def train(data_dir: str | Path | None, run_dir: str | Path, config: TrainConfig 
     model = _build_model(config, num_classes, img_size, source).to(device).to(memory_format=torch.channels_last)
     skipped = [{"path": str(p), "reason": r} for p, r in train_set.failed + val_set.failed]
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write_data_summary(run_dir, dataset, data_dir, img_size, skipped)
+    _write_data_summary(run_dir, dataset, data_dir, img_size, skipped, config)
 
     trainer = _make_trainer(model, config, train_set, val_set, run_dir, device, progress)
     if state is not None:
@@ -211,7 +211,19 @@ def train(data_dir: str | Path | None, run_dir: str | Path, config: TrainConfig 
     trainer.extra_state = {"data_dir": str(data_dir), "img_size": img_size}
     history = trainer.fit()
     bundle_dir, metrics = _finish(model, config, dataset, val_set, run_dir, device)
+    if config.report:
+        _write_report(run_dir, device)
     return TrainResult(run_dir, bundle_dir, metrics, history, skipped)
+
+
+def _write_report(run_dir: Path, device: torch.device) -> None:
+    """report.html closes every run; a report problem must not cost the trained model."""
+    from ..explain.report import write_report
+
+    try:
+        write_report(run_dir, device=str(device))
+    except Exception as err:  # the bundle is saved; `imgcls report RUN_DIR` can write it again
+        log.warning("report.html not written (%s: %s); run `imgcls report %s`", type(err).__name__, err, run_dir)
 
 
 def _warn_about_data(dataset: LabelledImages) -> None:
@@ -228,7 +240,11 @@ def _warn_about_data(dataset: LabelledImages) -> None:
                     "optimistic. Run `imgcls audit %s` for the full list.", len(leaks), " = ".join(map(str, example[:2])), dataset.root)
 
 
-def _write_data_summary(run_dir: Path, dataset: LabelledImages, data_dir, img_size: int, skipped: list[dict]) -> None:
+def _write_data_summary(run_dir: Path, dataset: LabelledImages, data_dir, img_size: int, skipped: list[dict],
+                        config: TrainConfig) -> None:
+    """What the run saw, and how it split it, so look-alikes and the report rebuild the same split."""
     summary = {"data_dir": str(data_dir), "classes": dataset.classes, "counts": dataset.counts(),
-               "img_size": img_size, "fingerprint": dataset.fingerprint(), "skipped": skipped}
+               "img_size": img_size, "fingerprint": dataset.fingerprint(), "skipped": skipped,
+               "val_split": config.val_split, "test_split": config.test_split, "seed": config.seed,
+               "multi_label": config.multi_label, "labels_csv": config.labels_csv}
     atomic_write_bytes(run_dir / "data.json", json.dumps(summary, indent=2).encode())

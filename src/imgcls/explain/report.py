@@ -1,0 +1,163 @@
+"""`imgcls report RUN_DIR`: one self-contained report.html of a training run, to read or send.
+
+Sections (their HTML ids): the dataset audit (`audit`), learning curves (`curves`), confusion
+matrix (`confusion`), classification report (`report`), most-confused class pairs
+(`confused-pairs`), the worst mistakes with their Grad-CAM (`mistakes`), calibration
+(`calibration`) and a sample of correct predictions (`correct`).
+
+Everything comes from what training wrote (evaluation/metrics.json, predictions.csv and plots,
+data.json), plus an audit of the data folder and Grad-CAM maps from the bundle. The page has
+no script and fetches nothing: images are embedded as data: URIs.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import random
+from pathlib import Path
+
+from ..errors import ImgclsError
+from ..fileio import atomic_write_bytes
+from . import report_html as H
+
+log = logging.getLogger(__name__)
+
+REPORT_FILE = "report.html"
+MISTAKES_SHOWN = 12  # the top losses: enough to see a pattern, few enough to look at each
+CORRECT_SHOWN = 8
+SAMPLE_SEED = 0  # the same run always shows the same correct examples
+LISTED_FILES = 20  # corrupt files and duplicate groups listed by name; the rest are counted
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def _read_predictions(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _png(path: Path, caption: str) -> str:
+    return H.figure(path.read_bytes(), caption) if path.is_file() else H.note(f"{path.name} was not written for this run.")
+
+
+def _audit_section(summary: dict) -> str:
+    from ..data.audit import audit
+
+    data_dir = summary.get("data_dir")
+    if not data_dir or not Path(data_dir).is_dir():
+        return H.note(f"The training data folder '{data_dir}' is not available here, so it was not audited.")
+    report = audit(data_dir, **{k: summary[k] for k in ("val_split", "seed") if k in summary})
+    splits = list(report["counts"])
+    rows = [[name] + [report["counts"][s][name] for s in splits] for name in report["classes"]]
+    near = report["near_duplicates"]
+    facts = [f"{report['total_images']} images in {len(report['classes'])} classes under {report['root']} ({report['layout']})",
+             f"imbalance: largest/smallest training class = {report['imbalance_ratio']:g} "
+             f"({report['largest_class']} / {report['smallest_class']})",
+             f"{len(report['corrupt'])} corrupt files; {len(report['exact_duplicates'])} groups of exact duplicates; "
+             f"{'not checked' if near is None else len(near)} groups of near duplicates; "
+             f"{report['leakage']} groups shared between train and validation/test (leakage)"]
+    corrupt = [f"{c['path']}: {c['reason']}" for c in report["corrupt"][:LISTED_FILES]]
+    return (H.items(facts) + H.table(["class", *splits], rows)
+            + (H.items(report["warnings"], "warn") if report["warnings"] else H.note("No warnings."))
+            + (H.items(corrupt) if corrupt else ""))
+
+
+def _report_section(metrics: dict) -> str:
+    if metrics.get("task") == "multi-label":
+        pairs = [("mAP", f"{metrics['mAP']:.3f}" if metrics.get("mAP") is not None else "n/a"),
+                 ("exact-match accuracy", f"{metrics['accuracy']:.3f}"), ("micro-F1", f"{metrics['micro_f1']:.3f}")]
+    else:
+        pairs = [("accuracy", f"{metrics['accuracy']:.3f}"), ("macro-F1", f"{metrics['macro_avg']['f1']:.3f}"),
+                 ("log loss", f"{metrics['log_loss']:.3f}")]
+        pairs += [(f"top-{k}", f"{v:.3f}") for k, v in metrics.get("top_k_accuracy", {}).items()]
+    return H.headline(pairs) + H.note(f"{metrics['n_images']} validation images.") + H.preformatted(metrics["classification_report"])
+
+
+def _confused_section(metrics: dict) -> str:
+    if metrics.get("task") == "multi-label":
+        return H.note("Class pairs are confused only in single-label tasks; see the per-class scores above.")
+    pairs = metrics.get("most_confused", [])
+    if not pairs:
+        return H.note("No validation image was given a wrong class.")
+    support = {name: scores["support"] for name, scores in metrics["per_class"].items()}
+    rows = [[p["true"], p["predicted"], p["count"], f"{p['count'] / max(support[p['true']], 1):.1%}"] for p in pairs]
+    return H.table(["true class", "predicted as", "images", "share of the true class"], rows)
+
+
+def _is_correct(row: dict) -> bool:
+    return row["predicted"] in row["true"].split(";")
+
+
+def _gallery(predictor, rows: list[dict], empty: str) -> str:
+    """Grad-CAM panels of the rows' images (of the predicted class), captioned with the truth."""
+    from ..explain.maps import explain
+    from ..explain.overlay import to_png
+
+    rows = [row for row in rows if Path(row["path"]).is_file()]
+    if not rows:
+        return H.note(empty)
+    explanations = explain(predictor, [row["path"] for row in rows], "gradcam")
+    by_path = {}
+    for item in explanations:  # multi-label: the first explanation is the top class
+        by_path.setdefault(item.path, item)
+    figures = [H.figure(to_png(by_path[row["path"]].panel),
+                        f"{Path(row['path']).name}: true {row['true']}, predicted {row['predicted']} "
+                        f"({float(row['score']):.1%}); true class scored {float(row['true_score']):.1%}")
+               for row in rows]
+    return H.gallery(figures)
+
+
+def _calibration_section(metrics: dict, evaluation: Path) -> str:
+    if metrics.get("task") == "multi-label":
+        return H.note("Reliability and ECE are computed for single-label tasks.")
+    numbers = [("expected calibration error (15 bins)", f"{metrics['ece']:.3f}")]
+    if "ece_before_calibration" in metrics:  # runs whose scores are temperature-scaled
+        numbers.append((f"before temperature scaling (T = {metrics['temperature']:.3g})", f"{metrics['ece_before_calibration']:.3f}"))
+    return H.headline(numbers) + _png(evaluation / "reliability.png", "reliability diagram: accuracy against confidence")
+
+
+def build_report(run_dir: str | Path, device: str = "cpu") -> str:
+    """The report's HTML text for the run in `run_dir`."""
+    from ..predict.predictor import Predictor
+
+    run_dir = Path(run_dir)
+    evaluation = run_dir / "evaluation"
+    metrics = _read_json(evaluation / "metrics.json")
+    if not metrics:
+        raise ImgclsError(f"'{run_dir}' has no evaluation/metrics.json; is it a finished `imgcls train` run?")
+    summary = _read_json(run_dir / "data.json")
+    predictor = Predictor.load(run_dir, device=device)
+    predictions = _read_predictions(evaluation / "predictions.csv")
+    worst = sorted(predictions, key=lambda row: float(row["true_score"]))[:MISTAKES_SHOWN]
+    correct = [row for row in predictions if _is_correct(row)]
+    sample = random.Random(SAMPLE_SEED).sample(correct, min(CORRECT_SHOWN, len(correct)))
+    multi = metrics.get("task") == "multi-label"
+    sections = [
+        ("audit", "Dataset audit", _audit_section(summary)),
+        ("curves", "Learning curves", _png(evaluation / "learning_curves.png", "loss and accuracy per epoch")),
+        ("confusion", "Precision-recall curves" if multi else "Confusion matrix",
+         _png(evaluation / ("pr_curves.png" if multi else "confusion_matrix.png"), "on the validation images")),
+        ("report", "Classification report", _report_section(metrics)),
+        ("confused-pairs", "Most confused class pairs", _confused_section(metrics)),
+        ("mistakes", "Worst mistakes (top losses)", H.note("The validation images whose true class got the lowest "
+                                                           "score, with Grad-CAM of the predicted class.")
+         + _gallery(predictor, worst, "No validation image files are available to show.")),
+        ("calibration", "Calibration", _calibration_section(metrics, evaluation)),
+        ("correct", "Correct predictions (a random sample)",
+         _gallery(predictor, sample, "No correctly predicted validation image is available to show.")),
+    ]
+    subtitle = f"{predictor.config.architecture} at {predictor.config.img_size} px, {len(predictor.classes)} classes - {run_dir.resolve()}"
+    return H.page(f"imgcls report: {run_dir.name}", subtitle, sections)
+
+
+def write_report(run_dir: str | Path, out: str | Path | None = None, device: str = "cpu") -> Path:
+    """Write report.html (default RUN_DIR/report.html) and return its path."""
+    path = Path(out) if out else Path(run_dir) / REPORT_FILE
+    atomic_write_bytes(path, build_report(run_dir, device).encode("utf-8"))
+    log.info("report written to %s", path)
+    return path

@@ -1,0 +1,135 @@
+"""Look-alikes: the training images nearest to a query in the model's own embedding space.
+
+The embedding is the input of the last linear layer the network runs (its penultimate features),
+caught by forward pre-hooks, so the same code serves the built-in CNNs (`head` ends in a Linear) and
+timm models (`forward_head(pre_logits=True)` feeds `head`/`fc`/`classifier`). Vectors are
+L2-normalised and compared by cosine similarity.
+
+The index of the training images is built once and stored beside the bundle:
+  BUNDLE/similar_index.safetensors  'embeddings' (N, D) float32
+  BUNDLE/similar_index.json         paths, labels, data folder and its fingerprint
+It is rebuilt when the data folder or its fingerprint changes (a retrained bundle is a new
+folder, so its index starts afresh).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file, save_file
+from torch import nn
+
+from ..data.cache import decode_all
+from ..data.folders import LabelledImages, discover
+from ..data.loader import to_model_input
+from ..errors import ImgclsError, UsageError
+from ..fileio import atomic_write, atomic_write_bytes
+from .maps import decode_inputs, require_torch_model
+from .overlay import tiles, to_png
+
+log = logging.getLogger(__name__)
+
+INDEX_FILE, INDEX_META = "similar_index.safetensors", "similar_index.json"
+BATCH_SIZE = 64
+SPLIT_KEYS = ("val_split", "test_split", "seed", "multi_label", "labels_csv")  # how the run split its data
+
+
+@torch.inference_mode()
+def embed(predictor, pixels: np.ndarray) -> np.ndarray:
+    """(N, H, W, 3) uint8 -> (N, D) float32 unit vectors: the input of the last linear layer to run."""
+    require_torch_model(predictor)
+    net, last, features = predictor.model.net, [], []
+    handles = [module.register_forward_pre_hook(lambda _m, inputs: last.__setitem__(slice(None), inputs[:1]))
+               for module in net.modules() if isinstance(module, nn.Linear)]
+    if not handles:
+        raise ImgclsError("this model has no linear classifier layer, so it has no penultimate features to compare")
+    try:
+        for start in range(0, len(pixels), BATCH_SIZE):
+            predictor.model(to_model_input(torch.as_tensor(pixels[start: start + BATCH_SIZE]), predictor.device))
+            features.append(last[0].flatten(1).float())
+    finally:
+        for handle in handles:
+            handle.remove()
+    return nn.functional.normalize(torch.cat(features), dim=1).cpu().numpy()
+
+
+def _training_images(bundle_dir: Path, data_dir) -> LabelledImages:
+    """The run's training split: data.json says where the data is and how it was split."""
+    summary_path = bundle_dir.parent / "data.json"
+    summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
+    if data_dir is None:
+        data_dir = summary.get("data_dir")
+        if data_dir is None:
+            raise UsageError(f"no training data known for '{bundle_dir}' (no data.json beside it); pass --data TRAIN_DIR")
+        if not Path(data_dir).is_dir():
+            raise ImgclsError(f"the training data '{data_dir}' recorded in {summary_path} is gone; pass --data TRAIN_DIR")
+    return discover(data_dir, **{k: summary[k] for k in SPLIT_KEYS if k in summary})
+
+
+def _build(predictor, dataset: LabelledImages, bundle_dir: Path) -> tuple[np.ndarray, dict]:
+    samples = dataset.splits["train"]
+    log.info("indexing %d training images of '%s' for look-alikes", len(samples), dataset.root)
+    decoded = decode_all([s.path for s in samples], predictor.config.img_size)
+    kept = [samples[i] for i in decoded.kept]
+    meta = {"data_dir": str(dataset.root), "fingerprint": dataset.fingerprint(),
+            "paths": [str(s.path) for s in kept],
+            "labels": [";".join(dataset.classes[i] for i in s.labels) for s in kept]}
+    embeddings = embed(predictor, decoded.pixels)
+    atomic_write(bundle_dir / INDEX_FILE, lambda tmp: save_file({"embeddings": embeddings}, tmp))
+    atomic_write_bytes(bundle_dir / INDEX_META, json.dumps(meta, ensure_ascii=False).encode())
+    return embeddings, meta
+
+
+def load_index(predictor, bundle_dir: str | Path, data_dir=None) -> tuple[np.ndarray, dict]:
+    """(N, D) embeddings of the training images and their {'paths', 'labels', ...}, built if missing or stale."""
+    bundle_dir = Path(bundle_dir)
+    dataset = _training_images(bundle_dir, data_dir)
+    meta_path = bundle_dir / INDEX_META
+    if meta_path.is_file() and (bundle_dir / INDEX_FILE).is_file():
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if meta.get("data_dir") == str(dataset.root) and meta.get("fingerprint") == dataset.fingerprint():
+            return load_file(str(bundle_dir / INDEX_FILE))["embeddings"], meta
+        log.info("training data changed since the look-alike index was built: rebuilding it")
+    return _build(predictor, dataset, bundle_dir)
+
+
+def find_similar(predictor, images: list, k: int = 5, data_dir=None, bundle_dir=None) -> list[list[dict]]:
+    """Per image, the k nearest training images, best first: [{'path', 'label', 'score'}] with
+    score the cosine similarity. The index lives in `bundle_dir` (default: the predictor's bundle)."""
+    if k < 1:
+        raise UsageError(f"k must be at least 1, got {k}")
+    bundle_dir = bundle_dir or getattr(predictor, "bundle_dir", None)
+    if bundle_dir is None:
+        raise UsageError("find_similar needs the bundle folder to keep its index in; pass bundle_dir=")
+    embeddings, meta = load_index(predictor, bundle_dir, data_dir)
+    pixels, _ = decode_inputs(list(images), predictor.config.img_size)
+    similarity = embed(predictor, pixels) @ embeddings.T  # (Q, N)
+    nearest = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
+    return [[{"path": meta["paths"][j], "label": meta["labels"][j], "score": round(float(row[j]), 6)} for j in order]
+            for row, order in zip(similarity, nearest)]
+
+
+def similar_panel(query: np.ndarray, matches: list[dict], size: int) -> np.ndarray:
+    """The query, then its matches with their labels and similarity, side by side."""
+    found = decode_all([Path(m["path"]) for m in matches], size)
+    items = [(query, "query")] + [(found.pixels[row], f"{matches[i]['label']} ({matches[i]['score']:.3f})")
+                                  for row, i in enumerate(found.kept)]
+    return tiles(items, "nearest training images (cosine similarity)")
+
+
+def save_similar(predictor, images: list, results: list[list[dict]], out_dir: str | Path) -> list[Path]:
+    """Write one side-by-side PNG per query and similar.json (the results); returns the PNG paths."""
+    out_dir = Path(out_dir)
+    pixels, paths = decode_inputs(list(images), predictor.config.img_size)
+    written, used = [], set()
+    for index, (query, path, matches) in enumerate(zip(pixels, paths, results)):
+        name = f"{Path(path).stem if path else f'image{index}'}_similar"
+        name = f"{name}-{index}" if name in used else name
+        used.add(name)
+        written.append(atomic_write_bytes(out_dir / f"{name}.png", to_png(similar_panel(query, matches, predictor.config.img_size))))
+    report = [{"path": path, "similar": matches} for path, matches in zip(paths, results)]
+    atomic_write_bytes(out_dir / "similar.json", json.dumps(report, indent=2, ensure_ascii=False).encode())
+    return written

@@ -1,0 +1,120 @@
+"""The model behind the web layer: decoding uploads, batched predictions, explanations and look-alikes.
+
+Nothing here knows about HTTP. The model is loaded once (per worker process) and every use of it
+runs in one dedicated thread: explanations hook into the network's layers, and a prediction
+batch running at the same moment would otherwise pass through those hooks.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from ..data.images import UnreadableImage, decode_image
+from ..errors import ImgclsError, UsageError
+from ..explain.maps import EXPLAIN_METHODS, Explanation, check_method, explain
+from ..export.session import ONNX_FILE
+from ..predict.predictor import ENGINES, Predictor
+from .batching import Backend, DynamicBatcher
+from .config import ServeConfig
+from .lookalikes import LookAlikeIndex
+from .uploads import Upload
+
+# Activation maximisation optimises images for seconds (tiny CNN) to minutes (ResNet): it would hold
+# the model thread that every prediction waits for. `imgcls explain --method filters` still has it.
+NOT_SERVED = {"filters": "it optimises images for seconds to minutes; use `imgcls explain --method filters`"}
+SERVED_METHODS = tuple(m for m in EXPLAIN_METHODS if m not in NOT_SERVED)
+
+log = logging.getLogger(__name__)
+
+
+def load_models(bundle: str | Path, device: str = "auto", engine: str = "auto") -> tuple[Predictor, Predictor]:
+    """The PyTorch predictor (explanations need its gradients) and the one that runs predictions:
+    ONNX Runtime when the bundle has an export (engine 'auto' or 'onnx'), else the same predictor."""
+    if engine not in ("auto", *ENGINES):
+        raise UsageError(f"unknown engine {engine!r}; use auto, {' or '.join(ENGINES)}")
+    predictor = Predictor.load(bundle, device)
+    exported = predictor.bundle_dir / ONNX_FILE
+    if engine == "onnx" or (engine == "auto" and exported.is_file()):
+        log.info("predictions run on ONNX Runtime (%s)", exported)
+        return predictor, Predictor.load(bundle, device, engine="onnx")
+    return predictor, predictor
+
+
+class ModelService:
+    """Use as `async with ModelService(...) as service:` inside the server's event loop.
+
+    `backend` runs the batched predictions (the predictor itself, or its ONNX Runtime twin);
+    `predictor` is the PyTorch model that explanations and look-alikes need. Look-alikes come from
+    the run's training images (or `data_dir`); without them the rest still works and
+    `look_alikes_note` says why they are missing.
+    """
+
+    def __init__(self, predictor: Predictor, config: ServeConfig, backend: Backend | None = None,
+                 data_dir: str | Path | None = None):
+        self.predictor, self.config, self.backend = predictor, config, backend or predictor
+        self.data_dir = data_dir
+        self.look_alikes: LookAlikeIndex | None = None
+        self.look_alikes_note: str | None = None
+        self.batcher: DynamicBatcher | None = None
+        self._model_thread: ThreadPoolExecutor | None = None
+
+    async def __aenter__(self) -> "ModelService":
+        self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imgcls-model")
+        self.batcher = DynamicBatcher(self.backend, self._model_thread, self.config.max_batch, self.config.batch_window_ms)
+        await self.batcher.__aenter__()
+        await self._on_model_thread(self._load_look_alikes)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.batcher.__aexit__(*exc)
+        self._model_thread.shutdown(wait=True)
+
+    def _load_look_alikes(self) -> None:
+        try:
+            self.look_alikes = LookAlikeIndex.load(self.predictor, self.data_dir, self.config.thumbnail_px)
+        except (ImgclsError, OSError) as err:  # OSError: a read-only bundle folder cannot keep a new index
+            self.look_alikes_note = f"no look-alikes: {err}"
+            log.warning("%s", self.look_alikes_note)
+
+    async def decode(self, upload: Upload) -> np.ndarray:
+        """(img_size, img_size, 3) uint8, decoded in a worker thread; raises UnreadableImage."""
+        return await asyncio.to_thread(decode_image, upload.data, self.predictor.config.img_size)
+
+    async def predict(self, uploads: list[Upload], top_k: int, unknown_below: float | None) -> list[dict]:
+        """One result per upload, in order: {'filename', 'labels', 'predictions', 'error'}, as `imgcls predict`."""
+        decoded = await asyncio.gather(*(self.decode(u) for u in uploads), return_exceptions=True)
+        for outcome in decoded:
+            if isinstance(outcome, BaseException) and not isinstance(outcome, UnreadableImage):
+                raise outcome
+        good = [pixels for pixels in decoded if isinstance(pixels, np.ndarray)]
+        scores = iter(await self.batcher(np.stack(good)) if good else [])
+        results = []
+        for upload, outcome in zip(uploads, decoded):
+            failed = isinstance(outcome, UnreadableImage)
+            decision = {"labels": [], "predictions": []} if failed else self.predictor.result(next(scores), top_k, unknown_below)
+            results.append({"filename": upload.name, **decision, "error": str(outcome) if failed else None})
+        return results
+
+    async def explain(self, upload: Upload, method: str, class_name: str | None) -> list[Explanation]:
+        """Explanations of one image: the named class, else the top class (multi-label: each label that is on)."""
+        check_method(method)
+        if method in NOT_SERVED:
+            raise UsageError(f"method '{method}' is not served: {NOT_SERVED[method]}")
+        pixels = await self.decode(upload)
+        return await self._on_model_thread(explain, self.predictor, pixels, method, class_name)
+
+    async def similar(self, upload: Upload, k: int) -> list[dict]:
+        """The k training images most like the upload, best first: {'name', 'label', 'score', 'thumbnail'}.
+        Only the file name of each is returned: the server's folders are none of the client's business."""
+        pixels = await self.decode(upload)
+        matches = await self._on_model_thread(self.look_alikes.nearest, self.predictor, np.stack([pixels]), k)
+        thumbnails = await asyncio.gather(*(asyncio.to_thread(self.look_alikes.thumbnail, m["path"]) for m in matches))
+        return [{"name": Path(m["path"]).name, "label": m["label"], "score": m["score"], "thumbnail": thumbnail}
+                for m, thumbnail in zip(matches, thumbnails)]
+
+    async def _on_model_thread(self, function, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._model_thread, function, *args)
