@@ -17,7 +17,8 @@ from PIL import Image
 
 from imgcls.cli.main import build_parser, main
 from imgcls.predict.predictor import Predictor
-from imgcls.serve import ServeConfig, create_app
+from imgcls.serve.app import create_app
+from imgcls.serve.config import ServeConfig
 from imgcls.serve.batching import DynamicBatcher
 
 

@@ -27,7 +27,7 @@ def server(trained_run, tmp_path_factory):
     """The app under uvicorn on 127.0.0.1 at a port the OS picked, stopped after the module."""
     import uvicorn
 
-    from imgcls.serve import create_app
+    from imgcls.serve.app import create_app
 
     run = tmp_path_factory.mktemp("served")  # the server keeps its look-alike index beside the bundle
     shutil.copytree(trained_run.bundle_dir, run / "model")

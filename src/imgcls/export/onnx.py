@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import onnx
 import torch
 import torch.nn.functional as F
@@ -25,14 +26,16 @@ from ..errors import ImgclsError, UsageError
 from ..fileio import atomic_write
 from ..models.bundle import BundleConfig, find_bundle, load_bundle
 from ..models.classifier import Classifier
+from ..predict.predictor import Predictor
 from .session import INPUT_NAME, ONNX_FILE, OUTPUT_NAME, OnnxModel
 
 # Opset 17 has LayerNormalization (ViTs export as one node) and runs on onnxruntime >= 1.11
 # (2022) and every torch >= 2.4 exporter; newer opsets add nothing these models use.
 OPSET = 17
-# Checked on the scores (softmax/sigmoid): what predict and serve return, in [0, 1] for every
-# model. Logits are unbounded and their float32 rounding grows with them (random-init MobileNetV2
-# at 224 px: logits up to 28 and 4.4e-5 apart, half of 1e-4 with no error in the graph at all).
+# Checked on the scores as Predictor computes them (calibrated softmax, or sigmoid): what predict
+# and serve return, in [0, 1] for every model. Logits are unbounded and their float32 rounding
+# grows with them (random-init MobileNetV2 at 224 px: logits up to 28 and 4.4e-5 apart, nearly
+# half of 1e-4 with no error in the graph at all).
 TOLERANCE = 1e-4
 RANDOM_IMAGES = 8  # uniform noise: every input value, unlike any photo
 REAL_IMAGES = 32  # photo statistics, sampled across the classes
@@ -120,15 +123,15 @@ def _write_onnx(model: Classifier, config: BundleConfig, example: torch.Tensor, 
 
 @torch.inference_mode()
 def _differences(model: Classifier, exported: OnnxModel, batches: dict[str, torch.Tensor],
-                multi_label: bool) -> tuple[float, float]:
-    """Largest |score difference| and |logit difference| between PyTorch and ONNX Runtime,
-    on every batch and on a batch of one."""
-    to_scores = torch.sigmoid if multi_label else lambda x: x.softmax(1)
+                 config: BundleConfig) -> tuple[float, float]:
+    """Largest |score difference| (scores as predict returns them) and |logit difference| between
+    PyTorch and ONNX Runtime, on every batch and on a batch of one."""
+    to_scores = Predictor(model, config, torch.device("cpu")).scores
     scores = logits = 0.0
     for images in [*batches.values(), batches["random"][:1]]:
         expected, got = model(images), exported(images)
         logits = max(logits, (expected - got).abs().max().item())
-        scores = max(scores, (to_scores(expected) - to_scores(got)).abs().max().item())
+        scores = max(scores, float(np.abs(to_scores(expected) - to_scores(got)).max()))
     return scores, logits
 
 
@@ -148,7 +151,7 @@ def export_onnx(bundle: str | Path, out: str | Path | None = None, tolerance: fl
 
     def write_and_check(tmp: str) -> None:
         _write_onnx(model, config, batches["random"][:2], tmp)
-        result.max_score_diff, result.max_logit_diff = _differences(model, OnnxModel(tmp), batches, config.multi_label)
+        result.max_score_diff, result.max_logit_diff = _differences(model, OnnxModel(tmp), batches, config)
         if not result.max_score_diff <= tolerance:  # `not <=` also catches NaN
             raise ImgclsError(
                 f"the ONNX export of '{folder}' differs from PyTorch by {result.max_score_diff:.2e} in the scores "

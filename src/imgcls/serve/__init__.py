@@ -7,9 +7,6 @@
   service.py    ModelService: decoding, batched predictions, explanations, look-alikes (no HTTP)
   app.py        create_app: the FastAPI routes and error mapping; page.html is the page at /
   server.py     serve: uvicorn with one or several worker processes
-"""
-from .app import create_app
-from .config import ServeConfig
-from .server import serve
 
-__all__ = ["ServeConfig", "create_app", "serve"]
+Nothing is imported here: `imgcls --help` must not load FastAPI or ONNX Runtime.
+"""
