@@ -104,3 +104,10 @@ def test_a_single_class_is_a_clear_error(capsys, digits_dir, tmp_path):
     shutil.copytree(digits_dir / "train" / "1", tmp_path / "only" / "1")
     code, _, err = run_cli(capsys, "train", tmp_path / "only")
     assert code == 1 and "need at least 2 classes" in err
+
+
+def test_evaluate_never_overwrites_the_validation_results_written_by_training(capsys, trained_run, digits_dir):
+    training_metrics = (trained_run.run_dir / "evaluation" / "metrics.json").read_bytes()
+    code, out, _ = run_cli(capsys, "evaluate", trained_run.run_dir, digits_dir)
+    assert code == 0 and (trained_run.run_dir / f"evaluation-{digits_dir.name}" / "metrics.json").is_file()
+    assert (trained_run.run_dir / "evaluation" / "metrics.json").read_bytes() == training_metrics

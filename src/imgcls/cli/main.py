@@ -179,7 +179,7 @@ def _add_commands(parser: argparse.ArgumentParser) -> None:
     p = commands.add_parser("evaluate", help="score a bundle on labelled images")
     p.add_argument("bundle", help="run folder or its model/ folder")
     p.add_argument("data", help="image folder (its test split, else validation, else every image)")
-    p.add_argument("--out", type=Path, help="folder for metrics and plots (default: RUN_DIR/evaluation)")
+    p.add_argument("--out", type=Path, help="folder for metrics and plots (default: RUN_DIR/evaluation-<data folder name>)")
     p.add_argument("--split", help="train, validation or test")
     p.add_argument("--labels", dest="labels_csv", metavar="CSV")
     p.add_argument("--format", choices=("table", "json"), default="table")

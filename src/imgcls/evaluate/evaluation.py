@@ -84,7 +84,8 @@ def evaluate(bundle: str | Path, data_dir: str | Path, out_dir: str | Path | Non
     decoded = decode_all([s.path for s in samples], predictor.config.img_size)
     samples = [samples[i] for i in decoded.kept]
     bundle_dir = find_bundle(bundle)
-    out_dir = Path(out_dir) if out_dir else bundle_dir.parent / "evaluation"
+    # Not RUN_DIR/evaluation: that holds the validation results written by training.
+    out_dir = Path(out_dir) if out_dir else bundle_dir.parent / f"evaluation-{Path(data_dir).resolve().name}"
     logits = predictor.logits(decoded.pixels)
     metrics = write_evaluation(predictor.scores(logits), samples, predictor.config, out_dir,
                                history_path=bundle_dir.parent / "history.csv",
