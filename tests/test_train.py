@@ -89,7 +89,7 @@ def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
 
 def test_early_stopping_stops_after_patience_and_restores_the_best_weights():
     model = torch.nn.Linear(2, 2)
-    trainer = SimpleNamespace(model=model, stop_training=False, history=[])
+    trainer = SimpleNamespace(model=model, eval_model=model, stop_training=False, history=[])
     stopper = EarlyStopping(patience=2)
     for epoch, val_loss in enumerate([1.0, 0.5, 0.7, 0.9, 0.4], start=1):
         with torch.no_grad():
@@ -154,3 +154,15 @@ def test_unreadable_training_images_are_skipped_and_listed(digits_dir, tmp_path)
     assert [s["path"] for s in result.skipped] == [str(broken)]
     assert broken.read_bytes() == b"not a png"
     assert json.loads((result.run_dir / "data.json").read_text())["skipped"][0]["path"] == str(broken)
+
+
+def test_ema_weights_are_the_ones_validated_and_saved(digits_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    result = train(digits_dir, tmp_path / "run", TrainConfig(**{**FAST_CONFIG, "epochs": 2, "ema": 0.9}), progress=False)
+    checkpoint = torch.load(result.run_dir / "checkpoint.pt", weights_only=True)
+    saved = load_file(str(result.bundle_dir / "model.safetensors"))
+    averaged = {k.removeprefix("module."): v for k, v in checkpoint["ema"].items() if k.startswith("module.")}
+    raw = checkpoint["model"]
+    weight = "net.blocks.0.0.weight"
+    assert torch.equal(saved[weight], averaged[weight]) and not torch.equal(saved[weight], raw[weight])

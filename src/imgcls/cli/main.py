@@ -86,6 +86,7 @@ def _train_parser(commands) -> None:
     g.add_argument("--plateau-patience", type=int, default=d.plateau_patience)
     g.add_argument("--early-stopping", type=int, default=d.early_stopping, metavar="PATIENCE", help="0 turns it off")
     g.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
+    g.add_argument("--ema", type=float, default=d.ema, metavar="DECAY", help="average the weights (e.g. 0.999); 0 = off")
     g.add_argument("--class-weights", action="store_true", help="weight the loss against class imbalance")
     g.add_argument("--grad-clip", type=float, default=d.grad_clip, metavar="NORM")
     g.add_argument("--seed", type=int, default=d.seed)

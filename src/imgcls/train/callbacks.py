@@ -39,7 +39,7 @@ class EarlyStopping(Callback):
     def on_epoch_end(self, trainer, logs):
         if logs["val_loss"] < self.best_loss - self.min_delta:
             self.best_loss, self.best_epoch, self.wait = logs["val_loss"], logs["epoch"], 0
-            self.best_state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+            self.best_state = {k: v.detach().clone() for k, v in trainer.eval_model.state_dict().items()}
         else:
             self.wait += 1
             if self.patience and self.wait >= self.patience:

@@ -27,6 +27,7 @@ class TrainConfig:
     plateau_patience: int = 3  # epochs without val-loss improvement before lr *= plateau_factor
     plateau_factor: float = 0.5
     early_stopping: int = 10  # epochs without val-loss improvement before stopping (0 = off); best weights restored
+    ema: float = 0.0  # decay of an exponential moving average of the weights (e.g. 0.999; 0 = off)
     label_smoothing: float = 0.1  # single-label only; better calibrated and slightly more accurate
     class_weights: bool = False  # weight the loss by inverse class frequency, for imbalanced data
     grad_clip: float = 0.0  # max gradient norm (0 = off)
@@ -71,6 +72,8 @@ class TrainConfig:
                 raise UsageError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.img_size is not None and self.img_size < 8:
             raise UsageError(f"img_size must be at least 8 pixels, got {self.img_size}")
+        if not 0 <= self.ema < 1:
+            raise UsageError(f"ema is a decay in [0, 1), e.g. 0.999; got {self.ema}")
         if not 0 < self.layer_decay <= 1:
             raise UsageError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
         if self.lr is not None and self.lr <= 0:

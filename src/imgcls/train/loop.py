@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ..data.loader import Batches
 from .callbacks import Callback
@@ -108,6 +109,9 @@ class Trainer:
         self.augment_generator = torch.Generator().manual_seed(config.seed + 2)
         self.epoch, self.history, self.stop_training = 0, [], False
         self.extra_state: dict = {}  # stored with each checkpoint (e.g. the data folder, for --resume)
+        # EMA of weights (Polyak averaging): validated, checkpointed for early stopping, and saved in place of the raw weights.
+        self.ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True)
+                    if config.ema else None)
 
     def fit(self) -> list[dict]:
         for callback in self.callbacks:
@@ -115,15 +119,22 @@ class Trainer:
         while self.epoch < self.config.epochs and not self.stop_training:
             logs = self.train_epoch()
             self.epoch += 1
-            recompute_batchnorm(self.model, self.train_batches)
+            recompute_batchnorm(self.eval_model, self.train_batches)
             logs.update(self.validate(), epoch=self.epoch)
             self.schedule.end_epoch(logs["val_loss"])
             self.history.append(logs)
             for callback in self.callbacks:
                 callback.on_epoch_end(self, logs)
+        if self.ema is not None:
+            self.model.load_state_dict(self.ema.module.state_dict())
         for callback in self.callbacks:
             callback.on_train_end(self)
         return self.history
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights that are validated and kept: the EMA when there is one."""
+        return self.ema.module if self.ema is not None else self.model
 
     def train_epoch(self) -> dict:
         self.model.train()
@@ -151,11 +162,13 @@ class Trainer:
         if self.config.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
         self.schedule.step()
         return loss, logits, targets
 
     def validate(self) -> dict:
-        logits, targets = predict_logits(self.model, self.val_batches)
+        logits, targets = predict_logits(self.eval_model, self.val_batches)
         loss = self.loss_fn(logits, targets).item()
         return {"val_loss": loss, "val_accuracy": _correct(logits, targets, self.config.multi_label).item() / len(targets)}
 
@@ -164,6 +177,7 @@ class Trainer:
             **self.extra_state,
             "config": asdict(self.config), "epoch": self.epoch, "history": self.history,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             "schedule": self.schedule.state_dict(),
             "callbacks": {type(c).__name__: c.state_dict() for c in self.callbacks},
             "rng": {"torch": torch.get_rng_state(), "batches": self.train_batches.generator.get_state(),
@@ -172,6 +186,8 @@ class Trainer:
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         self.epoch, self.history = state["epoch"], state["history"]
