@@ -13,12 +13,15 @@ from .train.run import train
 DEMO_CONFIG = TrainConfig(model="cnn-bn", epochs=12, batch_size=64, img_size=32)
 
 
-def run_demo(out_dir: str | Path, progress: bool = True) -> dict[str, Path]:
+def run_demo(out_dir: str | Path, progress: bool = True) -> tuple[dict[str, Path], dict]:
+    """Returns the paths written and the test-split metrics."""
     out_dir = Path(out_dir)
     data = write_digits_folder(out_dir / "digits")
     result = train(data, out_dir / "run", DEMO_CONFIG, progress=progress)
-    _, evaluation_dir = evaluate(result.bundle_dir, data, out_dir / "run" / "test-evaluation")
+    metrics, evaluation_dir = evaluate(result.bundle_dir, data, out_dir / "run" / "test-evaluation")
     predictions = Predictor.load(result.bundle_dir).predict(sorted((data / "predict").glob("*.png")), top_k=3)
     predictions_path = out_dir / "run" / "predictions.json"
     predictions_path.write_text(json.dumps(predictions, indent=2))
-    return {"data": data, "bundle": result.bundle_dir, "evaluation": evaluation_dir, "predictions": predictions_path}
+    paths = {"data": data, "bundle": result.bundle_dir, "evaluation": evaluation_dir,
+             "report": result.run_dir / "report.html", "predictions": predictions_path}
+    return paths, metrics

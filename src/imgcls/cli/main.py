@@ -320,7 +320,8 @@ def cmd_models(args) -> int:
 def cmd_demo(args) -> int:
     from ..demo import run_demo
 
-    paths = run_demo(args.out)
+    paths, metrics = run_demo(args.out)
+    print(f"test accuracy {100 * metrics['accuracy']:.1f}% on {metrics['n_images']} held-out digits\n")
     print("\n".join(f"{name + ':':12} {path}" for name, path in paths.items()))
     return ExitStatus.OK
 
