@@ -166,3 +166,18 @@ def test_ema_weights_are_the_ones_validated_and_saved(digits_dir, tmp_path):
     raw = checkpoint["model"]
     weight = "net.blocks.0.0.weight"
     assert torch.equal(saved[weight], averaged[weight]) and not torch.equal(saved[weight], raw[weight])
+
+
+@pytest.mark.parametrize("side, expected", [(500, 128), (100, 104), (32, 32), (8, 32)])
+def test_automatic_image_size_is_the_designed_size_unless_the_images_are_smaller(tmp_path, side, expected):
+    from PIL import Image
+
+    from imgcls.data.folders import Sample
+    from imgcls.train.run import auto_img_size
+
+    samples = []
+    for i in range(5):
+        path = tmp_path / f"{i}.png"
+        Image.new("RGB", (side + 40, side)).save(path)
+        samples.append(Sample(path, (0,)))
+    assert auto_img_size("cnn-bn", samples) == expected

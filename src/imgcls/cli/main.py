@@ -250,7 +250,9 @@ def cmd_train(args) -> int:
     from . import render
 
     print(render.metrics_summary(result.metrics))
-    print(f"\nmodel:      {result.bundle_dir}\nevaluation: {result.run_dir / 'evaluation'}\nhistory:    {result.run_dir / 'history.csv'}")
+    report = result.run_dir / "report.html"
+    print(f"\nmodel:      {result.bundle_dir}\nevaluation: {result.run_dir / 'evaluation'}\nhistory:    {result.run_dir / 'history.csv'}"
+          + (f"\nreport:     {report}" if report.is_file() else ""))
     return ExitStatus.OK
 
 
