@@ -3,6 +3,7 @@ print a result table and write bench/results/<name>.json."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import sys
@@ -13,6 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 ARCHIVES = Path(os.environ.get("IMGCLS_DATA_ARCHIVES", REPO.parent / "shared" / "data"))
 EXTRACT_ROOT = Path(os.environ.get("IMGCLS_DATA_CACHE", Path.home() / ".cache" / "imgcls-data"))
 RESULTS = REPO / "bench" / "results"
+logging.basicConfig(level=logging.INFO, format="%(message)s")  # imgcls logs a line per epoch: show progress
 
 
 def dataset(archive_name: str, folder: str) -> Path:
