@@ -17,6 +17,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import ImgclsError
 from .images import is_image_path
 
@@ -30,6 +32,14 @@ UNLABELLED_FOLDERS = frozenset({"predict"})
 class Sample:
     path: Path
     labels: tuple[int, ...]  # class indices; exactly one unless the dataset is multi-label
+
+
+def multi_hot(samples: list[Sample], num_classes: int) -> np.ndarray:
+    """(N, num_classes) float32 targets: one-hot for single-label samples, multi-hot otherwise."""
+    hot = np.zeros((len(samples), num_classes), dtype=np.float32)
+    for row, sample in enumerate(samples):
+        hot[row, list(sample.labels)] = 1
+    return hot
 
 
 @dataclass

@@ -11,20 +11,13 @@ from pathlib import Path
 import numpy as np
 
 from ..data.cache import decode_all
-from ..data.folders import Sample, find_evaluation_images
+from ..data.folders import Sample, find_evaluation_images, multi_hot
 from ..fileio import atomic_write_bytes
 from ..models.bundle import BundleConfig, find_bundle
 from . import metrics as M
 from . import plots
 
 log = logging.getLogger(__name__)
-
-
-def _targets(samples: list[Sample], num_classes: int) -> np.ndarray:
-    hot = np.zeros((len(samples), num_classes), dtype=np.float32)
-    for row, sample in enumerate(samples):
-        hot[row, list(sample.labels)] = 1
-    return hot
 
 
 def _read_history(path: Path | None) -> list[dict]:
@@ -52,7 +45,7 @@ def write_evaluation(probs: np.ndarray, samples: list[Sample], config: BundleCon
     `uncalibrated`: the probabilities before temperature scaling, to report the ECE it fixed."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    classes, hot = config.classes, _targets(samples, len(config.classes))
+    classes, hot = config.classes, multi_hot(samples, len(config.classes))
     if config.multi_label:
         thresholds = np.asarray(config.thresholds or [0.5] * len(classes))
         metrics = M.multi_label_metrics(hot, probs, classes, thresholds)

@@ -106,10 +106,16 @@ def find_similar(predictor, images: list, k: int = 5, data_dir=None, bundle_dir=
         raise UsageError("find_similar needs the bundle folder to keep its index in; pass bundle_dir=")
     embeddings, meta = load_index(predictor, bundle_dir, data_dir)
     pixels, _ = decode_inputs(list(images), predictor.config.img_size)
-    similarity = embed(predictor, pixels) @ embeddings.T  # (Q, N)
-    nearest = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
-    return [[{"path": meta["paths"][j], "label": meta["labels"][j], "score": round(float(row[j]), 6)} for j in order]
-            for row, order in zip(similarity, nearest)]
+    return nearest(embed(predictor, pixels), embeddings, meta["paths"], meta["labels"], k)
+
+
+def nearest(queries: np.ndarray, embeddings: np.ndarray, paths: list[str], labels: list[str], k: int) -> list[list[dict]]:
+    """(Q, D) and (N, D) unit vectors -> per query the k most similar index entries, best first,
+    scored by cosine similarity. Shared by `find_similar` and the server's in-memory index."""
+    similarity = queries @ embeddings.T  # (Q, N)
+    order = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
+    return [[{"path": paths[j], "label": labels[j], "score": round(float(row[j]), 6)} for j in best]
+            for row, best in zip(similarity, order)]
 
 
 def similar_panel(query: np.ndarray, matches: list[dict], size: int) -> np.ndarray:

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from ..data.images import UnreadableImage, decode_image
-from ..explain.similar import embed, load_index
+from ..explain.similar import embed, load_index, nearest
 
 THUMBNAILS_KEPT = 1024  # ~3 kB each: the same training images come back for similar queries
 THUMBNAIL_QUALITY = 85
@@ -39,9 +39,7 @@ class LookAlikeIndex:
     def nearest(self, predictor, pixels: np.ndarray, k: int) -> list[dict]:
         """(1, H, W, 3) uint8 -> the k most similar training images, best first: {'path', 'label', 'score'}
         with score the cosine similarity. Runs the model: call it on the model's thread."""
-        similarity = embed(predictor, pixels)[0] @ self.embeddings.T
-        order = np.argsort(-similarity, kind="stable")[:k]
-        return [{"path": self.paths[j], "label": self.labels[j], "score": round(float(similarity[j]), 6)} for j in order]
+        return nearest(embed(predictor, pixels), self.embeddings, self.paths, self.labels, k)[0]
 
     def _thumbnail(self, path: str) -> str | None:
         try:

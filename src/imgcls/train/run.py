@@ -17,7 +17,7 @@ from PIL import Image
 from ..data.audit import find_leakage
 from ..data.augment import build_augment
 from ..data.cache import decode_all
-from ..data.folders import LabelledImages, Sample, discover
+from ..data.folders import LabelledImages, Sample, discover, multi_hot
 from ..data.loader import Batches
 from ..errors import ImgclsError
 from ..evaluate.evaluation import write_evaluation
@@ -81,10 +81,7 @@ def _decode_split(samples: list[Sample], size: int, num_classes: int, workers: i
     kept = [samples[i] for i in decoded.kept]
     if not kept:
         raise ImgclsError(f"none of the {len(samples)} {desc} images could be read")
-    targets = torch.zeros(len(kept), num_classes)
-    for row, sample in enumerate(kept):
-        targets[row, list(sample.labels)] = 1
-    return DecodedSplit(decoded.pixels, kept, targets, decoded.failed)
+    return DecodedSplit(decoded.pixels, kept, torch.from_numpy(multi_hot(kept, num_classes)), decoded.failed)
 
 
 def _class_weights(targets: torch.Tensor, multi_label: bool) -> torch.Tensor:
