@@ -100,10 +100,13 @@ def _inspect(path: Path, with_hash: bool) -> _FileInfo:
     return _FileInfo(digest, None, width, height, mode, image_format or "unknown", _phash(rgb) if with_hash else None)
 
 
-def _map_threads(function, items: list) -> list:
-    # Pillow and hashlib release the GIL while decoding/hashing, so threads use every core.
+def _map_threads(function, items: list, desc: str) -> list:
+    """Pillow and hashlib release the GIL while decoding/hashing, so threads use every core.
+    A bar (terminals only): a 60k-image audit takes over a minute on 2 cores."""
+    from tqdm.auto import tqdm
+
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        return list(pool.map(function, items))
+        return list(tqdm(pool.map(function, items), total=len(items), desc=desc, unit="img", leave=False, disable=None))
 
 
 def _split_names(dataset: LabelledImages) -> list[str]:
@@ -228,7 +231,7 @@ def find_leakage(dataset: LabelledImages) -> list[dict]:
     file is read once and nothing is decoded, so this is cheap enough to run before training.
     """
     entries = _entries(dataset)
-    digests = _map_threads(_sha256, [sample.path for _, sample in entries])
+    digests = _map_threads(_sha256, [sample.path for _, sample in entries], "checking for leakage")
     digests = [None if digest == EMPTY_SHA256 else digest for digest in digests]
     groups = [_group(indices, entries, dataset.classes) for indices in _indices_by_key(digests)]
     return sorted(filter(_spans_train, groups), key=lambda group: group["paths"])
@@ -245,7 +248,7 @@ def audit(root, val_split: float = 0.2, seed: int = 0, near_duplicates: bool = T
     dataset = discover(root, val_split=val_split, seed=seed)
     entries = _entries(dataset)
     log.info("auditing %d images under '%s'", len(entries), dataset.root)
-    infos = _map_threads(lambda entry: _inspect(entry[1].path, near_duplicates), entries)
+    infos = _map_threads(lambda entry: _inspect(entry[1].path, near_duplicates), entries, "auditing")
     exact = _indices_by_key([info.sha256 if info.error is None else None for info in infos])
     near = _near_duplicate_groups(infos, hash_distance) if near_duplicates else None
     table = dataset.counts()
