@@ -1,6 +1,8 @@
 """Shared fixtures: real digits written as image folders, and a trained tiny bundle."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -15,6 +17,18 @@ FAST_CONFIG = dict(model="cnn-bn", epochs=3, batch_size=32, img_size=32, early_s
 @pytest.fixture(autouse=True, scope="session")
 def _one_thread_per_test_process():
     torch.set_num_threads(2)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _decode_cache_in_a_temp_folder(tmp_path_factory):
+    """Tests never write into the user's ~/.cache (the decode cache is on by default)."""
+    previous = os.environ.get("IMGCLS_CACHE_DIR")
+    os.environ["IMGCLS_CACHE_DIR"] = str(tmp_path_factory.mktemp("decode-cache"))
+    yield
+    if previous is None:
+        del os.environ["IMGCLS_CACHE_DIR"]
+    else:
+        os.environ["IMGCLS_CACHE_DIR"] = previous
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,172 @@
+"""The decode cache: a second run on the same files maps the first run's array instead of decoding,
+any change to the files or the size decodes again, and a broken cache never breaks a run."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imgcls.data.cache import decode_all, decode_cached, default_cache_dir
+from imgcls.data.folders import discover
+from imgcls.train.run import _decode_split
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch) -> Path:
+    """The cache every call in the test uses, default_cache_dir() included: never ~/.cache."""
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("IMGCLS_CACHE_DIR", str(folder))
+    return folder
+
+
+@pytest.fixture
+def photos(tmp_path) -> list[Path]:
+    """Five noise images (JPEG and PNG, various sizes) and one file that is not an image."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, (width, height) in enumerate([(20, 20), (31, 17), (12, 40), (64, 48), (16, 16)]):
+        path = folder / f"img{i}.{'jpg' if i % 2 else 'png'}"
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    notes = folder / "notes.jpg"
+    notes.write_text("not a picture\n")
+    return paths[:2] + [notes] + paths[2:]
+
+
+def _snapshot(folder: Path) -> dict:
+    return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.iterdir())}
+
+
+def _entries(cache_dir: Path) -> list[str]:
+    return sorted(p.name for p in cache_dir.iterdir())
+
+
+def test_a_second_decode_maps_the_first_ones_array_and_equals_it_exactly(photos, cache_dir):
+    first = decode_cached(photos, 16, cache_dir)
+    second = decode_cached(photos, 16, cache_dir)
+
+    assert first.cached is None and second.cached is not None and second.cached.parent == cache_dir
+    np.testing.assert_array_equal(second.pixels, first.pixels)
+    np.testing.assert_array_equal(second.pixels, decode_all(photos, 16).pixels)
+    assert second.kept == first.kept == [0, 1, 3, 4, 5]
+    assert second.pixels.flags.writeable  # torch.as_tensor warns on read-only arrays
+    assert [p.suffix for p in cache_dir.iterdir()].count(".npy") == 1
+
+
+def test_unreadable_files_are_still_reported_and_warned_about_on_a_cache_hit(photos, cache_dir, caplog):
+    first = decode_cached(photos, 16, cache_dir)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        second = decode_cached(photos, 16, cache_dir)
+
+    assert second.cached is not None
+    assert second.failed == first.failed and [p for p, _ in second.failed] == [photos[2]]
+    assert "not an image" in second.failed[0][1]
+    assert f"skipped unreadable image {photos[2]}" in caplog.text
+
+
+def test_touching_or_replacing_a_file_decodes_again_and_replaces_the_old_entry(photos, cache_dir):
+    decode_cached(photos, 16, cache_dir)
+    before = _entries(cache_dir)
+    stat = photos[0].stat()
+    os.utime(photos[0], ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+
+    touched = decode_cached(photos, 16, cache_dir)
+
+    assert touched.cached is None
+    assert len(_entries(cache_dir)) == len(before) and _entries(cache_dir) != before  # replaced, not added
+    Image.new("RGB", (20, 20), "red").save(photos[0])
+    replaced = decode_cached(photos, 16, cache_dir)
+    assert replaced.cached is None
+    assert (replaced.pixels[0] == [255, 0, 0]).all()
+    assert decode_cached(photos, 16, cache_dir).cached is not None
+
+
+def test_another_size_or_file_list_is_a_separate_entry(photos, cache_dir):
+    decode_cached(photos, 16, cache_dir)
+
+    assert decode_cached(photos, 8, cache_dir).cached is None
+    assert decode_cached(photos[:-1], 16, cache_dir).cached is None
+    assert decode_cached(photos, 16, cache_dir).cached is not None
+    assert decode_cached(photos, 8, cache_dir).pixels.shape == (5, 8, 8, 3)
+
+
+@pytest.mark.parametrize("damage", ["truncated pixels", "garbled pixels", "pixels of another shape", "empty list",
+                                    "garbled list"])
+def test_a_damaged_entry_is_ignored_with_a_warning_and_rebuilt(photos, cache_dir, caplog, damage):
+    expected = decode_cached(photos, 16, cache_dir).pixels.copy()
+    pixels, failures = sorted(cache_dir.glob("*.npy"))[0], sorted(cache_dir.glob("*.json"))[0]
+    if damage == "truncated pixels":
+        pixels.write_bytes(pixels.read_bytes()[:-100])
+    elif damage == "garbled pixels":
+        pixels.write_bytes(b"\x93NUMPY garbage")
+    elif damage == "pixels of another shape":
+        np.save(pixels, expected[:, :8, :8])
+    elif damage == "empty list":
+        failures.write_bytes(b"")
+    else:
+        failures.write_text('{"failed": [[99, "no such file"]]}')
+
+    with caplog.at_level(logging.WARNING):
+        rebuilt = decode_cached(photos, 16, cache_dir)
+
+    assert rebuilt.cached is None and "ignoring unreadable decode cache" in caplog.text
+    np.testing.assert_array_equal(rebuilt.pixels, expected)
+    np.testing.assert_array_equal(decode_cached(photos, 16, cache_dir).pixels, expected)
+
+
+def test_a_cache_that_cannot_be_written_only_costs_a_warning(photos, tmp_path, caplog):
+    blocked = tmp_path / "a file" / "cache"  # a folder cannot be made under a file, not even by root
+    blocked.parent.write_text("")
+
+    with caplog.at_level(logging.WARNING):
+        decoded = decode_cached(photos, 16, blocked)
+
+    assert decoded.kept == [0, 1, 3, 4, 5] and decoded.cached is None
+    np.testing.assert_array_equal(decoded.pixels, decode_all(photos, 16).pixels)
+    assert "decoded images not cached" in caplog.text
+
+
+def test_nothing_is_written_beside_the_images(photos, cache_dir):
+    folder = photos[0].parent
+    before = _snapshot(folder)
+
+    decode_cached(photos, 16, cache_dir)
+    decode_cached(photos, 16, cache_dir)
+
+    assert _snapshot(folder) == before
+
+
+def test_the_cache_folder_follows_the_environment_and_can_be_turned_off(tmp_path, monkeypatch):
+    monkeypatch.delenv("IMGCLS_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "imgcls" / "decoded"
+    monkeypatch.setenv("IMGCLS_CACHE_DIR", str(tmp_path / "mine"))
+    assert default_cache_dir() == tmp_path / "mine"
+    monkeypatch.setenv("IMGCLS_CACHE_DIR", "off")
+    assert default_cache_dir() is None
+
+
+def test_turned_off_it_decodes_and_writes_nothing(photos, tmp_path):
+    decoded = decode_cached(photos, 16, None)
+
+    assert decoded.cached is None and decoded.kept == [0, 1, 3, 4, 5]
+    assert not (tmp_path / "cache").exists()
+
+
+def test_training_decodes_a_split_once_and_then_says_it_came_from_the_cache(digits_dir, cache_dir, caplog):
+    samples = discover(digits_dir).splits["train"]  # (a whole `train` twice is 40 s; this is its decoding step)
+    with caplog.at_level(logging.INFO, logger="imgcls.train.run"):
+        first = _decode_split(samples, 32, 10, None, "train")
+        assert "from cache" not in caplog.text
+        second = _decode_split(samples, 32, 10, None, "train")
+
+    assert f"train: {len(samples)} decoded images from cache ({cache_dir}" in caplog.text
+    np.testing.assert_array_equal(second.pixels, first.pixels)
+    assert second.samples == first.samples
