@@ -1,42 +1,57 @@
-"""CIFAR-10 from scratch with the built-in cnn-bn on whatever machine runs it (issue: >= 85% on 2 CPU cores).
+"""CIFAR-10 from scratch on whatever machine runs it: the issue's 90.21%-in-10-minutes and 94% rows.
 
-    python bench/cifar10.py [--epochs 15] [--seeds 0]
+    python bench/cifar10.py                              # --recipe speedrun, 10 epochs, seeds 0 1
+    python bench/cifar10.py --epochs 8 --seeds 0 1 2
+    python bench/cifar10.py --recipe none --model cnn-bn --epochs 15 --batch-size 256 --optimizer sgd
 
-Trains on 45k of the 50k training images (5k held out for validation and early stopping),
-reports accuracy on the 10k test images with `imgcls.evaluate`, and the wall time of each step.
+Trains on 45k of the 50k training images (5k held out for validation), reports accuracy on the
+10k test images with `imgcls.evaluate` (so with the bundle's test-time augmentation), and the wall
+time of each step. The decode cache is off, so every row pays for decoding the JPEGs: the time a
+first run on a new machine takes.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
 from common import dataset, report
 
-from imgcls.evaluate.evaluation import evaluate
-from imgcls.train.config import TrainConfig
-from imgcls.train.run import train
+os.environ["IMGCLS_CACHE_DIR"] = "off"
+
+from imgcls.evaluate.evaluation import evaluate  # noqa: E402
+from imgcls.train.config import TrainConfig  # noqa: E402
+from imgcls.train.run import train  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--recipe", default="speedrun", help="a TrainConfig recipe, or none")
+    parser.add_argument("--model")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--optimizer")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--out", default="/tmp/imgcls-bench-cifar10")
     args = parser.parse_args()
     data = dataset("cifar10-jpg.tar.gz", "cifar10")
+    options = {k: v for k, v in (("model", args.model), ("epochs", args.epochs), ("batch_size", args.batch_size),
+                                 ("optimizer", args.optimizer)) if v is not None}
     rows = []
     for seed in args.seeds:
-        config = TrainConfig(model="cnn-bn", epochs=args.epochs, batch_size=256, optimizer="sgd",
-                             val_split=0.1, seed=seed, early_stopping=0)
+        settings = dict(options, val_split=0.1, seed=seed, early_stopping=0, report=False)
+        config = TrainConfig(**settings) if args.recipe == "none" else TrainConfig.from_recipe(args.recipe, **settings)
         start = time.perf_counter()
-        result = train(data, f"{args.out}/seed{seed}", config, progress=sys.stderr.isatty())
+        result = train(data, f"{args.out}/{args.recipe}-seed{seed}", config, progress=sys.stderr.isatty())
         trained = time.perf_counter() - start
         metrics, _ = evaluate(result.bundle_dir, data, split="test")
-        rows.append({"seed": seed, "epochs": args.epochs, "test_accuracy": round(metrics["accuracy"], 4),
-                     "train_wall_s": round(trained), "s_per_epoch": round(sum(h["seconds"] for h in result.history) / len(result.history), 1),
+        epoch_seconds = [h["seconds"] for h in result.history]
+        rows.append({"recipe": args.recipe, "model": config.model, "seed": seed, "epochs": config.epochs,
+                     "test_accuracy": round(metrics["accuracy"], 4), "train_wall_s": round(trained),
+                     "epochs_s": round(sum(epoch_seconds)), "s_per_epoch": round(sum(epoch_seconds) / len(epoch_seconds), 1),
                      "eval_wall_s": round(time.perf_counter() - start - trained)})
-    report("cifar10", rows, "python bench/cifar10.py " + " ".join(sys.argv[1:]))
+    report(f"cifar10-{args.recipe}-{config.epochs}ep", rows, "python bench/cifar10.py " + " ".join(sys.argv[1:]))
 
 
 if __name__ == "__main__":

@@ -112,8 +112,8 @@ def test_strong_applies_a_different_op_to_each_sample():
 
 
 def test_unknown_preset_names_the_choices_and_a_near_miss():
-    with pytest.raises(ImgclsError, match="unknown augmentation 'stong'; choose one of none, seed, "
-                                          "standard, strong; did you mean 'strong'"):
+    with pytest.raises(ImgclsError, match="unknown augmentation 'stong'; choose one of none, shift, seed, "
+                                          "standard, strong, speedrun; did you mean 'strong'"):
         build_augment("stong", 224, NUM_CLASSES)
 
 

@@ -1,6 +1,8 @@
 """Where computation runs: the device choice and CPU threads, decided once per command."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from .errors import UsageError
@@ -16,3 +18,29 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"device '{name}' asked for, but no CUDA GPU is available; use --device cpu")
     return device
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def _cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: bf16 convolutions ~1.7x faster than fp32 (measured on Zen 4, cnn-bn and
+    speedrun-cnn training). Without them oneDNN emulates bf16 and it is slower than fp32."""
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
+def compute_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """The autocast dtype for the forward pass, or None for plain fp32."""
+    if precision not in PRECISIONS:
+        raise UsageError(f"unknown precision '{precision}'; use one of {', '.join(PRECISIONS)}")
+    if precision == "fp32":
+        return None
+    if precision == "bf16" or device.type == "cuda" or _cpu_has_native_bf16():
+        return torch.bfloat16
+    return None
+
+
+def autocast(device: torch.device, precision: str = "auto"):
+    """Mixed precision where the hardware computes bf16 natively; weights and optimiser stay fp32."""
+    dtype = compute_dtype(device, precision)
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()

@@ -53,14 +53,19 @@ class _Parser(argparse.ArgumentParser):
 
 def _train_parser(commands) -> None:
     from ..data.augment import AUGMENT_PRESETS
-    from ..train.config import OPTIMIZERS, SCHEDULES, TrainConfig
+    from ..models.classifier import TTA_MODES
+    from ..runtime import PRECISIONS
+    from ..train.config import OPTIMIZERS, RECIPES, SCHEDULES, TrainConfig
 
     d = TrainConfig()
+    # Options left out are absent from the namespace (SUPPRESS), so a --recipe's values apply only where the user gave none.
     p = commands.add_parser("train", help="train a classifier on a folder of images", epilog=EPILOG_TRAIN,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("data", nargs="?", help="image folder (optional with --resume)")
-    p.add_argument("--out", type=Path, help="run folder to write (default: runs/<data folder name>)")
-    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue the interrupted run in RUN_DIR")
+                            formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=argparse.SUPPRESS)
+    p.add_argument("data", nargs="?", default=None, help="image folder (optional with --resume)")
+    p.add_argument("--out", type=Path, default=None, help="run folder to write (default: runs/<data folder name>)")
+    p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR", help="continue the interrupted run in RUN_DIR")
+    p.add_argument("--recipe", choices=RECIPES, default=None,
+                   help="a tuned set of defaults; speedrun: small images (CIFAR-sized) to high accuracy in minutes")
     g = p.add_argument_group("model")
     g.add_argument("--model", help="built-in (seed-cnn, lenet5, cnn-bn) or any timm name (default cnn-bn, "
                                     "or the --init-from bundle's architecture)")
@@ -74,30 +79,33 @@ def _train_parser(commands) -> None:
                       help="train only a new head on the frozen backbone (with --augment none: on cached features)")
     mode.add_argument("--finetune", dest="mode", action="store_const", const="finetune",
                       help="head first, then the whole network with layer-wise lr decay (default when starting from weights)")
-    g.add_argument("--head-epochs", type=int, default=d.head_epochs, help="finetune: head-only epochs before unfreezing")
-    g.add_argument("--layer-decay", type=float, default=d.layer_decay, help="finetune: lr multiplier per block towards the input")
+    g.add_argument("--head-epochs", type=int, help="finetune: head-only epochs before unfreezing")
+    g.add_argument("--layer-decay", type=float, help="finetune: lr multiplier per block towards the input")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=d.epochs)
-    g.add_argument("--batch-size", type=int, default=d.batch_size)
-    g.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer)
+    g.add_argument("--epochs", type=int, help=f"(default {d.epochs})")
+    g.add_argument("--batch-size", type=int, help=f"(default {d.batch_size})")
+    g.add_argument("--optimizer", choices=OPTIMIZERS)
     g.add_argument("--lr", type=float, help="peak learning rate (default: per optimizer, scaled to the batch size)")
     g.add_argument("--weight-decay", type=float, help="L2 / decoupled weight decay (default: per optimizer)")
-    g.add_argument("--schedule", choices=SCHEDULES, default=d.schedule, help="plateau = reduce-LR-on-plateau")
-    g.add_argument("--plateau-patience", type=int, default=d.plateau_patience)
-    g.add_argument("--early-stopping", type=int, default=d.early_stopping, metavar="PATIENCE", help="0 turns it off")
-    g.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
-    g.add_argument("--ema", type=float, default=d.ema, metavar="DECAY", help="average the weights (e.g. 0.999); 0 = off")
+    g.add_argument("--schedule", choices=SCHEDULES, help="plateau = reduce-LR-on-plateau")
+    g.add_argument("--plateau-patience", type=int)
+    g.add_argument("--early-stopping", type=int, metavar="PATIENCE", help="0 turns it off")
+    g.add_argument("--label-smoothing", type=float)
+    g.add_argument("--ema", type=float, metavar="DECAY", help="average the weights (e.g. 0.999); 0 = off")
     g.add_argument("--class-weights", action="store_true", help="weight the loss against class imbalance")
-    g.add_argument("--grad-clip", type=float, default=d.grad_clip, metavar="NORM")
-    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--grad-clip", type=float, metavar="NORM")
+    g.add_argument("--seed", type=int)
     g = p.add_argument_group("data")
-    g.add_argument("--augment", choices=AUGMENT_PRESETS, default=d.augment)
-    g.add_argument("--val-split", type=float, default=d.val_split, help="used when there is no validation folder")
-    g.add_argument("--test-split", type=float, default=d.test_split)
+    g.add_argument("--augment", choices=AUGMENT_PRESETS)
+    g.add_argument("--val-split", type=float, help="used when there is no validation folder")
+    g.add_argument("--test-split", type=float)
     g.add_argument("--multi-label", action="store_true", help="several labels per image (sigmoid + BCE)")
     g.add_argument("--labels", dest="labels_csv", metavar="CSV", help="multi-label labels: path,labels (';'-separated)")
-    g.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    g.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation stored in the bundle (default none)")
+    g.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    g.add_argument("--precision", choices=PRECISIONS,
+                   help="auto (default): bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16, AMX), else fp32")
+    g.add_argument("--no-progress", action="store_true", default=False, help="no progress bar (log lines only)")
     g.add_argument("--no-report", dest="report", action="store_false", help="skip report.html at the end")
 
 
@@ -185,7 +193,8 @@ def _add_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--labels", dest="labels_csv", metavar="CSV")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--device", default="auto")
-    p.add_argument("--tta", choices=("flip",), help="test-time augmentation: average with the mirrored image")
+    p.add_argument("--tta", choices=("none", "flip"),
+                   help="test-time augmentation: flip averages with the mirrored image (default: the bundle's, set by its recipe)")
     p = commands.add_parser("predict", help="predict classes of new images")
     p.add_argument("bundle")
     p.add_argument("inputs", nargs="+", metavar="PATH", help="image files, folders or glob patterns")
@@ -193,7 +202,8 @@ def _add_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=("table", "json", "csv"), default="table")
     p.add_argument("--unknown-below", type=float, metavar="P", help="answer 'unknown' when the top score is below P")
     p.add_argument("--device", default="auto")
-    p.add_argument("--tta", choices=("flip",), help="test-time augmentation: average with the mirrored image")
+    p.add_argument("--tta", choices=("none", "flip"),
+                   help="test-time augmentation: flip averages with the mirrored image (default: the bundle's, set by its recipe)")
     p.add_argument("--engine", choices=("torch", "onnx"), default="torch", help="onnx: run model.onnx (after imgcls export)")
     p = commands.add_parser("calibrate-unknown", help="choose when predict answers 'unknown', from outlier images")
     p.add_argument("bundle")
@@ -245,7 +255,7 @@ def cmd_train(args) -> int:
         if (run_dir / "checkpoint.pt").exists():
             raise UsageError(f"'{run_dir}' already holds a run; continue it with --resume {run_dir} or choose another --out")
         given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
-        config = TrainConfig(**given)
+        config = TrainConfig.from_recipe(args.recipe, **given) if args.recipe else TrainConfig(**given)
         result = train(args.data, run_dir, config, progress=not args.no_progress)
     from . import render
 

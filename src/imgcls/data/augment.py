@@ -8,6 +8,7 @@ translation, rotation) is folded into one affine matrix and applied by a single 
 
 Presets:
 - none: the identity.
+- shift: whole-pixel shifts only, for images whose mirror is another class (digits, text).
 - seed: the ImageDataGenerator recipe of Keras's small-data tutorial
   (https://blog.keras.io/building-powerful-image-classification-models-using-very-little-data.html).
 - standard: flip plus the Inception random-resized crop (https://arxiv.org/abs/1409.4842) and
@@ -15,6 +16,10 @@ Presets:
   (https://arxiv.org/abs/1512.03385).
 - strong: standard plus one TrivialAugment op per sample (https://arxiv.org/abs/2103.10158) and
   mixup (https://arxiv.org/abs/1710.09412) or CutMix (https://arxiv.org/abs/1905.04899) per batch.
+- speedrun: the CIFAR-10 speed-run augmentation (Jordan 2024, https://arxiv.org/abs/2404.00498):
+  a 2 px shift on 32 px images and *alternating* flips, each image mirrored in every other epoch
+  rather than at random, so no epoch repeats a view. The flips need each image's identity, so
+  `Batches` applies them (see `Augment.alternating_flip`).
 
 Every random draw uses the caller's CPU generator, so --seed reproduces a run on any device.
 """
@@ -29,7 +34,7 @@ import torch.nn.functional as F
 
 from imgcls.errors import ImgclsError, did_you_mean
 
-AUGMENT_PRESETS = ("none", "seed", "standard", "strong")
+AUGMENT_PRESETS = ("none", "shift", "seed", "standard", "strong", "speedrun")
 
 # Below this side (CIFAR, MNIST) a random-resized crop keeps too few pixels of the object to
 # recognise it; a small shift is the augmentation that helps there.
@@ -40,6 +45,7 @@ CROP_AREA = (0.35, 1.0)
 CROP_LOG_ASPECT = (math.log(3 / 4), math.log(4 / 3))
 JITTER = 0.2  # brightness, contrast and saturation factors in 1 +- 0.2
 SMALL_SHIFT = 1 / 8  # of the side: 4 px on 32 px images, the classic pad-4-and-crop
+SPEEDRUN_SHIFT = 1 / 16  # 2 px on 32 px images: enough for a 10-epoch run, which underfits rather than overfits
 MIXUP_ALPHA, CUTMIX_ALPHA = 0.2, 1.0
 
 # TrivialAugment-Wide's ops and ranges (reached at magnitude 1). Equalize is left out: a
@@ -224,6 +230,7 @@ class Augment:
     trivial: bool = False  # one TrivialAugment op per sample
     mix: bool = False  # mixup or CutMix per batch
     padding: str = "reflection"  # grid_sample's fill for pixels pulled from outside the image
+    alternating_flip: bool = False  # mirror each image in every other epoch; done by Batches, which knows the rows
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor,
                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -276,6 +283,10 @@ def build_augment(preset: str, img_size: int, num_classes: int, multi_label: boo
                           + did_you_mean(preset, AUGMENT_PRESETS))
     if preset == "none":
         return Augment(num_classes)
+    if preset == "shift":
+        return Augment(num_classes, shift=SMALL_SHIFT)
+    if preset == "speedrun":
+        return Augment(num_classes, shift=SPEEDRUN_SHIFT, alternating_flip=True)
     if preset == "seed":
         # Keras 1, the tutorial's era, read shear_range in radians: sin(0.2) ~ a 0.2 shear factor.
         # Its fill_mode="nearest" is grid_sample's "border".

@@ -15,7 +15,7 @@ class Batches:
     (e.g. backbone features for a head trained on cached features)."""
 
     def __init__(self, inputs, targets: torch.Tensor, batch_size: int, shuffle: bool = False,
-                 device: torch.device | str = "cpu", seed: int = 0, transform=None):
+                 device: torch.device | str = "cpu", seed: int = 0, transform=None, alternating_flip: bool = False):
         self.inputs = torch.as_tensor(inputs)  # (N, H, W, 3) uint8 images (shares the numpy memory), or features
         self.transform = transform or to_model_input
         self.targets = targets  # (N, num_classes) float: one-hot or multi-hot
@@ -23,6 +23,15 @@ class Batches:
         self.shuffle = shuffle
         self.device = torch.device(device)
         self.generator = torch.Generator().manual_seed(seed)
+        # Alternating flips (Jordan 2024): a random half of the images is mirrored in even epochs,
+        # the other half in odd ones, so every image is seen both ways within any two epochs.
+        self.flip_parity = torch.randint(0, 2, (len(targets),), generator=torch.Generator().manual_seed(seed + 1),
+                                         dtype=torch.bool) if alternating_flip else None
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch about to run (as DistributedSampler.set_epoch): picks the alternating flips."""
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return math.ceil(len(self.targets) / self.batch_size)
@@ -34,7 +43,11 @@ class Batches:
         stop = n - 1 if self.shuffle and n % self.batch_size == 1 and n > 1 else n
         for start in range(0, stop, self.batch_size):
             index = order[start: start + self.batch_size]
-            yield self.transform(self.inputs[index], self.device), self.targets[index].to(self.device, non_blocking=True)
+            rows = self.inputs[index]
+            if self.flip_parity is not None:
+                mirrored = self.flip_parity[index] ^ bool(self.epoch % 2)
+                rows[mirrored] = rows[mirrored].flip(2)  # (B, H, W, 3): dim 2 is the width
+            yield self.transform(rows, self.device), self.targets[index].to(self.device, non_blocking=True)
 
 
 def to_model_input(pixels: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:

@@ -40,6 +40,7 @@ class BundleConfig:
     unknown_below: float | None = None  # answer 'unknown' under this top probability (imgcls calibrate-unknown)
     model_kwargs: dict = field(default_factory=dict)  # extra architecture arguments
     resize: str = "squash"  # how images are brought to img_size (see data.images.decode_image)
+    tta: str = "none"  # test-time augmentation predict/evaluate/serve use unless told otherwise (classifier.TTA_MODES)
     data_fingerprint: str | None = None
     metrics: dict = field(default_factory=dict)  # validation metrics at save time, for `imgcls serve`
     imgcls_version: str = __version__

@@ -5,6 +5,8 @@ the server) feeds the same thing, RGB in [0, 1], and can never normalise differe
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
@@ -19,6 +21,20 @@ class Classifier(nn.Module):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        return (images - self.mean) / self.std
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) RGB in [0, 1] -> (B, num_classes) logits."""
-        return self.net((images - self.mean) / self.std)
+        return self.net(self.normalize(images))
+
+
+TTA_MODES = ("none", "flip")  # flip: average with the mirrored image, a cheap and reliable gain for most photos
+
+
+def tta_logits(model: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, tta: str | None) -> torch.Tensor:
+    """The model's float logits for (B, 3, H, W) images, averaged over the test-time views."""
+    logits = model(images).float()
+    if tta == "flip":
+        logits = (logits + model(images.flip(3)).float()) / 2
+    return logits

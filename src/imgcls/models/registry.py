@@ -28,6 +28,7 @@ BUILTIN_MODELS = {
     "seed-cnn": BuiltinModel(builtin.SeedCNN, 150, "Keras tutorial CNN: 3 conv blocks 32/32/64, dense 64, dropout 0.5"),
     "lenet5": BuiltinModel(builtin.LeNet5, 32, "LeNet-5 (LeCun 1998) with ReLU and max-pool"),
     "cnn-bn": BuiltinModel(builtin.CnnBn, 128, "conv-BN-GELU blocks 64/128/256, dropout: strong from scratch"),
+    "speedrun-cnn": BuiltinModel(builtin.SpeedrunCNN, 32, "whitening + conv-BN-GELU blocks 64/256/256, for --recipe speedrun"),
 }
 # timm architectures are designed for 224 px; a from-scratch user on CPU rarely wants more.
 TIMM_DEFAULT_IMG_SIZE = 224

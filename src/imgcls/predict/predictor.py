@@ -12,10 +12,10 @@ from ..data.images import ImageSource, UnreadableImage, decode_image
 from ..data.loader import to_model_input
 from ..errors import UsageError
 from ..models.bundle import BundleConfig, find_bundle, load_bundle
+from ..models.classifier import TTA_MODES, tta_logits
 from ..runtime import resolve_device
 
 UNKNOWN = "unknown"
-TTA_MODES = (None, "flip")
 ENGINES = ("torch", "onnx")  # onnx: the bundle's model.onnx (from `imgcls export`) run by onnxruntime
 
 
@@ -23,11 +23,12 @@ class Predictor:
     def __init__(self, model: Callable[[torch.Tensor], torch.Tensor], config: BundleConfig, device: torch.device):
         self.model, self.config, self.device = model, config, device  # model: (B, 3, H, W) in [0, 1] -> logits
         self.classes = config.classes
-        self.tta: str | None = None  # "flip": average with the mirrored image
+        self.tta: str = config.tta  # "flip": average with the mirrored image
         self.bundle_dir: Path | None = None  # where look-alike indexes are stored
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", engine: str = "torch", tta: str | None = None) -> "Predictor":
+        """tta: "none" or "flip"; None uses the bundle's (its training recipe's) choice."""
         device = resolve_device(device)
         if engine == "torch":
             model, config = load_bundle(path, device)
@@ -37,23 +38,20 @@ class Predictor:
             model, config = load_onnx(path, device)
         else:
             raise UsageError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
-        if tta not in TTA_MODES:
-            raise UsageError(f"unknown test-time augmentation {tta!r}; use one of {', '.join(map(str, TTA_MODES))}")
+        if tta is not None and tta not in TTA_MODES:
+            raise UsageError(f"unknown test-time augmentation {tta!r}; use one of {', '.join(TTA_MODES)}")
         predictor = cls(model, config, device)
-        predictor.tta, predictor.bundle_dir = tta, find_bundle(path)
+        predictor.tta, predictor.bundle_dir = tta or config.tta, find_bundle(path)
         return predictor
 
     @torch.inference_mode()
     def logits(self, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        """(N, H, W, 3) uint8 at the bundle's size -> (N, num_classes) raw logits; with tta='flip'
-        the mean of the image's and its mirror's (a cheap, reliable gain for most photos)."""
+        """(N, H, W, 3) uint8 at the bundle's size -> (N, num_classes) raw logits, averaged over
+        the test-time views (self.tta)."""
         outputs = []
         for start in range(0, len(pixels), batch_size):
             images = to_model_input(torch.as_tensor(pixels[start: start + batch_size]), self.device)
-            logits = self.model(images).float()
-            if self.tta == "flip":
-                logits = (logits + self.model(images.flip(3)).float()) / 2
-            outputs.append(logits.cpu().numpy())
+            outputs.append(tta_logits(self.model, images, self.tta).cpu().numpy())
         return np.concatenate(outputs) if outputs else np.zeros((0, len(self.classes)), np.float32)
 
     def scores(self, logits: np.ndarray, calibrated: bool = True) -> np.ndarray:

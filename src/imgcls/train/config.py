@@ -4,13 +4,24 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from ..errors import UsageError, did_you_mean
+from ..runtime import PRECISIONS
 
 OPTIMIZERS = ("adamw", "adam", "sgd", "rmsprop")
-SCHEDULES = ("onecycle", "cosine", "constant", "plateau")
+SCHEDULES = ("onecycle", "triangular", "cosine", "constant", "plateau")
 MODES = ("auto", "scratch", "freeze", "finetune")
 # Per-optimizer defaults at batch 64; lr scales linearly with batch size (Goyal et al. 2017).
 DEFAULT_LR_AT_64 = {"adamw": 2e-3, "adam": 1e-3, "sgd": 0.05, "rmsprop": 1e-3}
 DEFAULT_WEIGHT_DECAY = {"adamw": 0.05, "adam": 0.0, "sgd": 5e-4, "rmsprop": 0.0}
+
+# Named sets of defaults; options given next to a recipe win over it.
+RECIPES = {
+    # Small images (CIFAR-sized) in a few minutes on a CPU: the ideas of the CIFAR-10 speed runs
+    # (Page 2018, https://myrtle.ai/learn/how-to-train-your-resnet/; Jordan 2024,
+    # https://arxiv.org/abs/2404.00498): a whitened first layer, BatchNorm, heavy label smoothing,
+    # Nesterov SGD (lr 0.4 at batch 512) on a short triangular schedule, alternating flips, flip TTA.
+    "speedrun": dict(model="speedrun-cnn", epochs=10, batch_size=512, optimizer="sgd", schedule="triangular",
+                     warmup_fraction=0.2, label_smoothing=0.2, augment="speedrun", early_stopping=0, tta="flip"),
+}
 
 
 @dataclass
@@ -23,7 +34,7 @@ class TrainConfig:
     lr: float | None = None  # None: DEFAULT_LR_AT_64 scaled to batch_size
     weight_decay: float | None = None  # None: DEFAULT_WEIGHT_DECAY (the L2 of Keras tutorials)
     schedule: str = "onecycle"  # warm-up then cosine decay: fastest to a good model at a fixed budget
-    warmup_fraction: float = 0.15  # of all steps, for onecycle
+    warmup_fraction: float = 0.15  # of all steps, for onecycle and triangular
     plateau_patience: int = 3  # epochs without val-loss improvement before lr *= plateau_factor
     plateau_factor: float = 0.5
     early_stopping: int = 10  # epochs without val-loss improvement before stopping (0 = off); best weights restored
@@ -32,6 +43,7 @@ class TrainConfig:
     class_weights: bool = False  # weight the loss by inverse class frequency, for imbalanced data
     grad_clip: float = 0.0  # max gradient norm (0 = off)
     augment: str = "standard"
+    tta: str = "none"  # test-time augmentation stored in the bundle for predict/evaluate/serve (none, flip)
     multi_label: bool = False
     labels_csv: str | None = None  # multi-label: path,labels CSV (labels ';'-separated)
     pretrained: bool = False
@@ -46,6 +58,7 @@ class TrainConfig:
     seed: int = 0
     report: bool = True  # write report.html at the end (~2 s on small data, ~80 s for CIFAR-10's audit)
     device: str = "auto"  # auto: cuda if available, else cpu
+    precision: str = "auto"  # auto: bf16 autocast on CUDA and on CPUs with native bf16, else fp32
     workers: int | None = None  # decode threads; None: every core
 
     def resolved_lr(self) -> float:
@@ -62,8 +75,10 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         from ..data.augment import AUGMENT_PRESETS
+        from ..models.classifier import TTA_MODES
 
-        for name, choices in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("augment", AUGMENT_PRESETS), ("mode", MODES)):
+        for name, choices in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("augment", AUGMENT_PRESETS),
+                              ("mode", MODES), ("tta", TTA_MODES), ("precision", PRECISIONS)):
             value = getattr(self, name)
             if value not in choices:
                 raise UsageError(f"unknown {name} '{value}'{did_you_mean(value, choices)} (choose from {', '.join(choices)})")
@@ -79,6 +94,13 @@ class TrainConfig:
         if self.lr is not None and self.lr <= 0:
             raise UsageError(f"lr must be positive, got {self.lr}")
         return self
+
+    @classmethod
+    def from_recipe(cls, recipe: str, **options) -> "TrainConfig":
+        """The recipe's defaults, overridden by `options` (e.g. from_recipe("speedrun", epochs=5))."""
+        if recipe not in RECIPES:
+            raise UsageError(f"unknown recipe '{recipe}'{did_you_mean(recipe, RECIPES)} (choose from {', '.join(RECIPES)})")
+        return cls(**{**RECIPES[recipe], **options})
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":

@@ -1,11 +1,10 @@
 """The training loop: a skeleton of callback hooks around one optimisation step.
 
-Device and dtype come from the caller; on CUDA the forward runs under bf16 autocast,
-on CPU in fp32 (bf16 on CPUs without AMX is slower, not faster).
+Device and precision come from the caller; with precision "auto" the forward runs under bf16
+autocast on CUDA and on CPUs that compute bf16 natively, in fp32 elsewhere (runtime.autocast).
 """
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import asdict, dataclass
 
@@ -14,6 +13,8 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ..data.loader import Batches
+from ..models.classifier import tta_logits
+from ..runtime import autocast
 from .callbacks import Callback
 from .config import TrainConfig
 from .schedule import LrSchedule, build_optimizer
@@ -26,12 +27,6 @@ def make_loss(config: TrainConfig, class_weights: torch.Tensor | None) -> nn.Mod
     return nn.CrossEntropyLoss(weight=class_weights, label_smoothing=config.label_smoothing)
 
 
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def _correct(logits: torch.Tensor, targets: torch.Tensor, multi_label: bool) -> torch.Tensor:
     """Correct decisions in the batch: top-1 hits, or per-label hits at 0.5 for multi-label."""
     if multi_label:
@@ -40,13 +35,14 @@ def _correct(logits: torch.Tensor, targets: torch.Tensor, multi_label: bool) -> 
 
 
 @torch.inference_mode()
-def predict_logits(model: nn.Module, batches: Batches) -> tuple[torch.Tensor, torch.Tensor]:
+def predict_logits(model: nn.Module, batches: Batches, precision: str = "fp32",
+                   tta: str = "none") -> tuple[torch.Tensor, torch.Tensor]:
     """Logits and targets for every image in `batches`, in order, on the CPU."""
     model.eval()
     outputs, targets = [], []
     for images, target in batches:
-        with _autocast(images.device):
-            outputs.append(model(images).float().cpu())
+        with autocast(images.device, precision):
+            outputs.append(tta_logits(model, images, tta).cpu())
         targets.append(target.cpu())
     return torch.cat(outputs), torch.cat(targets)
 
@@ -72,7 +68,8 @@ PRECISE_BN_IMAGES = 2048  # enough for stable statistics (Wu & Johnson 2021 use 
 
 
 @torch.no_grad()
-def recompute_batchnorm(model: nn.Module, batches: Batches, max_images: int = PRECISE_BN_IMAGES) -> None:
+def recompute_batchnorm(model: nn.Module, batches: Batches, precision: str = "fp32",
+                        max_images: int = PRECISE_BN_IMAGES) -> None:
     """Replace BatchNorm running statistics by exact averages over training images ("precise BN",
     https://arxiv.org/abs/2105.07576). Running averages lag behind fast-changing weights: on a few
     hundred images they leave evaluation at chance while batch statistics give a good model."""
@@ -87,7 +84,7 @@ def recompute_batchnorm(model: nn.Module, batches: Batches, max_images: int = PR
     was_training, seen = model.training, 0
     model.train()
     for images, _ in batches:
-        with _autocast(images.device):
+        with autocast(images.device, precision):
             model(images)
         seen += len(images)
         if seen >= max_images:
@@ -119,7 +116,7 @@ class Trainer:
         while self.epoch < self.config.epochs and not self.stop_training:
             logs = self.train_epoch()
             self.epoch += 1
-            recompute_batchnorm(self.eval_model, self.train_batches)
+            recompute_batchnorm(self.eval_model, self.train_batches, self.config.precision)
             logs.update(self.validate(), epoch=self.epoch)
             self.schedule.end_epoch(logs["val_loss"])
             self.history.append(logs)
@@ -139,6 +136,7 @@ class Trainer:
     def train_epoch(self) -> dict:
         self.model.train()
         keep_frozen_batchnorm_in_eval(self.model)
+        self.train_batches.set_epoch(self.epoch)
         start, seen = time.perf_counter(), 0
         loss_sum = torch.zeros((), device=self.device)  # accumulated on device: no sync per step
         correct = torch.zeros((), device=self.device)
@@ -154,7 +152,7 @@ class Trainer:
 
     def train_step(self, images: torch.Tensor, targets: torch.Tensor):
         images, targets = self.augment(images, targets, self.augment_generator)
-        with _autocast(self.device):
+        with autocast(self.device, self.config.precision):
             logits = self.model(images)
         loss = self.loss_fn(logits.float(), targets)
         self.optimizer.zero_grad(set_to_none=True)
@@ -168,7 +166,7 @@ class Trainer:
         return loss, logits, targets
 
     def validate(self) -> dict:
-        logits, targets = predict_logits(self.eval_model, self.val_batches)
+        logits, targets = predict_logits(self.eval_model, self.val_batches, self.config.precision)
         loss = self.loss_fn(logits, targets).item()
         return {"val_loss": loss, "val_accuracy": _correct(logits, targets, self.config.multi_label).item() / len(targets)}
 

@@ -16,14 +16,15 @@ from PIL import Image
 
 from ..data.audit import find_leakage
 from ..data.augment import build_augment
-from ..data.cache import decode_all
+from ..data.cache import decode_cached, default_cache_dir
 from ..data.folders import LabelledImages, Sample, discover, multi_hot
-from ..data.loader import Batches
+from ..data.loader import Batches, to_model_input
 from ..errors import ImgclsError
 from ..evaluate.evaluation import write_evaluation
 from ..evaluate.metrics import tune_thresholds
 from ..fileio import atomic_write_bytes
 from ..models.bundle import WEIGHTS_FILE, BundleConfig, find_bundle, read_bundle_config, save_bundle
+from ..models.builtin import WhiteningConv
 from ..models.classifier import IMAGENET_MEAN, IMAGENET_STD, Classifier
 from ..models.registry import check_model_name, create_model, default_img_size
 from ..models.weights import load_weights
@@ -77,10 +78,12 @@ def _decode_split(samples: list[Sample], size: int, num_classes: int, workers: i
     from tqdm.auto import tqdm
 
     with tqdm(total=len(samples), desc=f"decoding {desc}", unit="img", leave=False, disable=None) as bar:
-        decoded = decode_all([s.path for s in samples], size, workers, on_progress=bar.update)
+        decoded = decode_cached([s.path for s in samples], size, default_cache_dir(), workers, on_progress=bar.update)
     kept = [samples[i] for i in decoded.kept]
     if not kept:
         raise ImgclsError(f"none of the {len(samples)} {desc} images could be read")
+    if decoded.cached is not None:
+        log.info("%s: %d decoded images from cache (%s)", desc, len(kept), decoded.cached)
     return DecodedSplit(decoded.pixels, kept, torch.from_numpy(multi_hot(kept, num_classes)), decoded.failed)
 
 
@@ -115,6 +118,19 @@ def _build_model(config: TrainConfig, num_classes: int, img_size: int, source: B
     return Classifier(net, mean, std)
 
 
+WHITENING_IMAGES = 2000  # enough patches (~2M) for a stable 12x12 covariance; ~1 s
+
+
+def _fit_whitening(model: Classifier, pixels: np.ndarray, seed: int) -> None:
+    """Data-dependent first layers (speedrun-cnn's whitening) start from the training images' patch statistics."""
+    layers = [m for m in model.modules() if isinstance(m, WhiteningConv)]
+    if layers:
+        rows = np.random.default_rng(seed).permutation(len(pixels))[:WHITENING_IMAGES]
+        images = model.normalize(to_model_input(torch.from_numpy(pixels[np.sort(rows)])))
+        for layer in layers:
+            layer.fit(images)
+
+
 def _resume_state(run_dir: Path) -> dict:
     path = run_dir / CHECKPOINT_FILE
     if not path.is_file():
@@ -133,7 +149,9 @@ def _make_trainer(model: Classifier, config: TrainConfig, train_set: DecodedSpli
     weights = _class_weights(train_set.targets, config.multi_label).to(device) if config.class_weights else None
     callbacks = ([ProgressBar()] if progress else []) + [
         EpochLog(), EarlyStopping(config.early_stopping), HistoryCSV(run_dir), Checkpoint(run_dir)]
-    train_batches = Batches(train_set.pixels, train_set.targets, config.batch_size, shuffle=True, device=device, seed=config.seed)
+    augment = build_augment(config.augment, img_size, num_classes, config.multi_label)
+    train_batches = Batches(train_set.pixels, train_set.targets, config.batch_size, shuffle=True, device=device,
+                            seed=config.seed, alternating_flip=augment.alternating_flip)
     val_batches = Batches(val_set.pixels, val_set.targets, max(config.batch_size, 128), device=device)
     lr_scales = None
     if mode == "freeze":
@@ -150,14 +168,14 @@ def _make_trainer(model: Classifier, config: TrainConfig, train_set: DecodedSpli
     elif mode == "finetune":
         callbacks.append(UnfreezeBackbone(config.head_epochs, freeze_batchnorm=config.batch_size < SMALL_BATCH))
         lr_scales = layer_lr_scales(model, config.layer_decay)
-    augment = build_augment(config.augment, img_size, num_classes, config.multi_label)
     return Trainer(model, config, train_batches, val_batches, augment, make_loss(config, weights), callbacks, device, lr_scales)
 
 
 def _finish(model: Classifier, config: TrainConfig, dataset: LabelledImages, val_set: DecodedSplit,
             run_dir: Path, device: torch.device) -> tuple[Path, dict]:
     """Calibrate on validation, evaluate, and save the bundle."""
-    logits, _ = predict_logits(model, Batches(val_set.pixels, val_set.targets, max(config.batch_size, 128), device=device))
+    logits, _ = predict_logits(model, Batches(val_set.pixels, val_set.targets, max(config.batch_size, 128), device=device),
+                               tta=config.tta)
     temperature = 1.0 if config.multi_label else fit_temperature(logits, val_set.targets.argmax(1))
     probs = (logits.sigmoid() if config.multi_label else (logits / temperature).softmax(1)).numpy()
     bundle_config = BundleConfig(
@@ -165,7 +183,7 @@ def _finish(model: Classifier, config: TrainConfig, dataset: LabelledImages, val
         mean=tuple(model.mean.flatten().tolist()), std=tuple(model.std.flatten().tolist()),
         task="multi-label" if config.multi_label else "single-label", temperature=temperature,
         thresholds=tune_thresholds(val_set.targets.numpy(), probs).tolist() if config.multi_label else None,
-        data_fingerprint=dataset.fingerprint(),
+        data_fingerprint=dataset.fingerprint(), tta=config.tta,
     )
     metrics = write_evaluation(probs, val_set.samples, bundle_config, run_dir / "evaluation", run_dir / "history.csv",
                                uncalibrated=None if config.multi_label else logits.softmax(1).numpy())
@@ -196,7 +214,10 @@ def train(data_dir: str | Path | None, run_dir: str | Path, config: TrainConfig 
     num_classes = len(dataset.classes)
     train_set = _decode_split(dataset.splits["train"], img_size, num_classes, config.workers, "train")
     val_set = _decode_split(dataset.splits["validation"], img_size, num_classes, config.workers, "validation")
-    model = _build_model(config, num_classes, img_size, source).to(device).to(memory_format=torch.channels_last)
+    model = _build_model(config, num_classes, img_size, source)
+    if state is None and config.resolved_mode() == "scratch":
+        _fit_whitening(model, train_set.pixels, config.seed)
+    model = model.to(device).to(memory_format=torch.channels_last)
     skipped = [{"path": str(p), "reason": r} for p, r in train_set.failed + val_set.failed]
     run_dir.mkdir(parents=True, exist_ok=True)
     _write_data_summary(run_dir, dataset, data_dir, img_size, skipped, config)

@@ -1,0 +1,113 @@
+"""The speed-run recipe's parts: whitening, alternating flips, triangular schedule, stored TTA, precision."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from imgcls.cli.main import main
+from imgcls.data.augment import build_augment
+from imgcls.data.loader import Batches
+from imgcls.errors import UsageError
+from imgcls.models.builtin import SpeedrunCNN, WhiteningConv
+from imgcls.models.bundle import load_bundle
+from imgcls.predict.predictor import Predictor
+from imgcls.runtime import compute_dtype
+from imgcls.train.config import TrainConfig
+from imgcls.train.run import train
+from imgcls.train.schedule import LrSchedule
+
+
+def test_whitening_layer_decorrelates_and_equalises_image_patches():
+    generator = torch.Generator().manual_seed(0)
+    smooth = torch.nn.functional.avg_pool2d(torch.rand(64, 3, 36, 36, generator=generator), 5, 1)  # correlated neighbours
+    images = (smooth - 0.5) * torch.tensor([10.0, 5.0, 20.0]).view(1, 3, 1, 1)  # as normalised images: unit-ish scale
+    layer = WhiteningConv(3)
+    layer.fit(images)
+    responses = layer(images)[:, :12].permute(0, 2, 3, 1).reshape(-1, 12)  # the first sign of each direction
+    covariance = responses.T @ responses / len(responses)
+    assert torch.allclose(covariance - torch.diag(covariance.diag()), torch.zeros(12, 12), atol=1e-3)  # decorrelated
+    assert covariance.diag().min() > 0.8 and covariance.diag().max() < 1.0  # equal variances, up to the eps guard
+    assert not layer.weight.requires_grad
+
+
+def test_alternating_flips_show_every_image_both_ways_in_any_two_epochs():
+    rows = torch.arange(8 * 4 * 3, dtype=torch.uint8).view(8, 1, 4, 3).expand(8, 4, 4, 3).contiguous()  # (N, H, W, 3)
+    batches = Batches(rows.numpy(), torch.eye(8), batch_size=8, alternating_flip=True)
+    views = []
+    for epoch in range(3):
+        batches.set_epoch(epoch)
+        (images, _), = list(batches)
+        views.append(images)
+    original = rows.permute(0, 3, 1, 2).float() / 255
+    flipped_first = (views[0] == original.flip(3)).flatten(1).all(1)
+    assert 0 < flipped_first.sum() < 8  # a random half, not all or none
+    assert torch.equal((views[1] == original.flip(3)).flatten(1).all(1), ~flipped_first)  # then the other half
+    assert torch.equal(views[2], views[0])
+    assert torch.equal(torch.from_numpy(batches.inputs.numpy()), rows)  # the decoded cache is never flipped in place
+
+
+def test_shift_preset_moves_digits_without_mirroring_them():
+    augment = build_augment("shift", 28, num_classes=2)
+    image = torch.zeros(1, 3, 28, 28)
+    image[..., 10:18, 6:9] = 1.0  # a bar left of centre
+    moved, _ = augment(image.repeat(64, 1, 1, 1), torch.eye(2)[[0] * 64], torch.Generator().manual_seed(0))
+    columns = moved[:, 0].sum(1).argmax(1)  # where the bar is in each sample
+    assert (columns < 14).all()  # still on the left: never mirrored
+    assert len(columns.unique()) > 3  # but shifted around
+
+
+def test_triangular_schedule_rises_linearly_then_falls_to_zero():
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.4)
+    schedule = LrSchedule(optimizer, TrainConfig(schedule="triangular", warmup_fraction=0.2), total_steps=100)
+    lrs = []
+    for _ in range(100):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        schedule.step()
+    assert max(lrs) == pytest.approx(0.4) and int(np.argmax(lrs)) == 19
+    assert lrs[60] == pytest.approx(0.4 * (1 - 40 / 80))
+    assert optimizer.param_groups[0]["lr"] == 0
+
+
+def test_recipe_gives_defaults_and_explicit_options_win():
+    config = TrainConfig.from_recipe("speedrun", epochs=3, batch_size=64)
+    assert (config.model, config.augment, config.tta, config.schedule) == ("speedrun-cnn", "speedrun", "flip", "triangular")
+    assert (config.epochs, config.batch_size) == (3, 64)
+    with pytest.raises(UsageError, match="unknown recipe 'sppedrun'.*did you mean 'speedrun'"):
+        TrainConfig.from_recipe("sppedrun")
+
+
+def test_speedrun_recipe_trains_a_bundle_that_predicts_with_flip_tta(digits_dir, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["--quiet", "train", str(digits_dir), "--recipe", "speedrun", "--epochs", "4", "--batch-size", "32",
+                 "--out", str(run_dir), "--no-report", "--no-progress"]) == 0
+    saved = json.loads((run_dir / "model" / "config.json").read_text())
+    assert (saved["architecture"], saved["tta"], saved["img_size"]) == ("speedrun-cnn", "flip", 32)
+    assert saved["metrics"]["accuracy"] > 0.3  # 10 digits: chance is 0.1
+    images = sorted((digits_dir / "test").rglob("*.png"))[:6]
+    with_flip, without = Predictor.load(run_dir), Predictor.load(run_dir, tta="none")
+    assert with_flip.tta == "flip" and without.tta == "none"
+    pixels = np.stack([np.asarray(Image.open(p).convert("RGB").resize((32, 32))) for p in images])
+    assert not np.allclose(with_flip.logits(pixels), without.logits(pixels))
+
+
+def test_whitening_is_fitted_from_the_training_images_before_training(digits_dir, tmp_path):
+    config = TrainConfig.from_recipe("speedrun", epochs=1, batch_size=32, report=False)
+    model, _ = load_bundle(train(digits_dir, tmp_path / "run", config, progress=False).bundle_dir)
+    fresh = SpeedrunCNN(num_classes=10)
+    assert not torch.allclose(model.net.whiten.weight, fresh.whiten.weight)
+    whiten = model.net.whiten.weight.flatten(1)
+    assert torch.allclose(whiten[:12], -whiten[12:])  # each direction with both signs
+
+
+def test_precision_follows_the_device_and_the_users_choice():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert compute_dtype(cpu, "fp32") is None and compute_dtype(cuda, "fp32") is None
+    assert compute_dtype(cpu, "bf16") is torch.bfloat16 and compute_dtype(cuda, "auto") is torch.bfloat16
+    with pytest.raises(UsageError, match="unknown precision 'fp8'"):
+        compute_dtype(cpu, "fp8")
+    with pytest.raises(UsageError, match="unknown precision"):
+        TrainConfig(precision="half").validate()
