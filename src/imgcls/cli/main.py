@@ -105,6 +105,7 @@ def _train_parser(commands) -> None:
     g.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     g.add_argument("--precision", choices=PRECISIONS,
                    help="auto (default): bf16 autocast on CUDA and on CPUs with native bf16 (AVX512-BF16, AMX), else fp32")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model (pays on GPUs; slower on small CPUs)")
     g.add_argument("--no-progress", action="store_true", default=False, help="no progress bar (log lines only)")
     g.add_argument("--no-report", dest="report", action="store_false", help="skip report.html at the end")
 

@@ -59,6 +59,7 @@ class TrainConfig:
     report: bool = True  # write report.html at the end (~2 s on small data, ~80 s for CIFAR-10's audit)
     device: str = "auto"  # auto: cuda if available, else cpu
     precision: str = "auto"  # auto: bf16 autocast on CUDA and on CPUs with native bf16, else fp32
+    compile: bool = False  # torch.compile the training step's model; slower on a 2-core CPU (bench/compile.py), so off
     workers: int | None = None  # decode threads; None: every core
 
     def resolved_lr(self) -> float:

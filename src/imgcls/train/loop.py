@@ -107,6 +107,8 @@ class Trainer:
         self.epoch, self.history, self.stop_training = 0, [], False
         self.extra_state: dict = {}  # stored with each checkpoint (e.g. the data folder, for --resume)
         # EMA of weights (Polyak averaging): validated, checkpointed for early stopping, and saved in place of the raw weights.
+        # Compiled once; parameters are shared, so checkpoints and EMA see the plain module.
+        self.step_model = torch.compile(model) if config.compile else model
         self.ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True)
                     if config.ema else None)
 
@@ -153,7 +155,7 @@ class Trainer:
     def train_step(self, images: torch.Tensor, targets: torch.Tensor):
         images, targets = self.augment(images, targets, self.augment_generator)
         with autocast(self.device, self.config.precision):
-            logits = self.model(images)
+            logits = self.step_model(images)
         loss = self.loss_fn(logits.float(), targets)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
