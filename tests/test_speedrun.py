@@ -111,3 +111,15 @@ def test_precision_follows_the_device_and_the_users_choice():
         compute_dtype(cpu, "fp8")
     with pytest.raises(UsageError, match="unknown precision"):
         TrainConfig(precision="half").validate()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_small_datasets_live_on_the_gpu_and_give_the_same_batches():
+    pixels = torch.randint(0, 256, (50, 8, 8, 3), dtype=torch.uint8).numpy()
+    targets = torch.eye(5)[torch.arange(50) % 5]
+    on_gpu = Batches(pixels, targets, 16, shuffle=True, device="cuda", seed=3, alternating_flip=True)
+    on_cpu = Batches(pixels, targets, 16, shuffle=True, device="cpu", seed=3, alternating_flip=True)
+    assert on_gpu.inputs.is_cuda and on_gpu.targets.is_cuda
+    for (gpu_images, gpu_targets), (cpu_images, cpu_targets) in zip(on_gpu, on_cpu):
+        assert gpu_images.is_cuda and torch.equal(gpu_images.cpu(), cpu_images)
+        assert torch.equal(gpu_targets.cpu(), cpu_targets)
