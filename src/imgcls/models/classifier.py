@@ -32,7 +32,7 @@ class Classifier(nn.Module):
 TTA_MODES = ("none", "flip")  # flip: average with the mirrored image, a cheap and reliable gain for most photos
 
 
-def tta_logits(model: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, tta: str | None) -> torch.Tensor:
+def tta_logits(model: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, tta: str) -> torch.Tensor:
     """The model's float logits for (B, 3, H, W) images, averaged over the test-time views."""
     logits = model(images).float()
     if tta == "flip":
