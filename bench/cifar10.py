@@ -12,17 +12,14 @@ first run on a new machine takes.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
-from common import dataset, report
+from common import dataset, decode_every_run, report
 
-os.environ["IMGCLS_CACHE_DIR"] = "off"
-
-from imgcls.evaluate.evaluation import evaluate  # noqa: E402
-from imgcls.train.config import TrainConfig  # noqa: E402
-from imgcls.train.run import train  # noqa: E402
+from imgcls.evaluate.evaluation import evaluate
+from imgcls.train.config import TrainConfig
+from imgcls.train.run import train
 
 
 def main() -> None:
@@ -35,6 +32,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--out", default="/tmp/imgcls-bench-cifar10")
     args = parser.parse_args()
+    decode_every_run()
     data = dataset("cifar10-jpg.tar.gz", "cifar10")
     options = {k: v for k, v in (("model", args.model), ("epochs", args.epochs), ("batch_size", args.batch_size),
                                  ("optimizer", args.optimizer)) if v is not None}

@@ -32,6 +32,13 @@ def dataset(archive_name: str, folder: str) -> Path:
     return target
 
 
+def decode_every_run() -> None:
+    """Turn imgcls's disk cache of decoded images off, so each timed run pays for decoding as a first run does."""
+    from imgcls.data.cache import CACHE_ENV, CACHE_OFF
+
+    os.environ[CACHE_ENV] = CACHE_OFF
+
+
 def machine() -> dict:
     import torch
     import torchvision

@@ -9,16 +9,13 @@ so every row pays for decoding, as a first run would.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 
-from common import dataset, report
+from common import dataset, decode_every_run, report
 
-os.environ["IMGCLS_CACHE_DIR"] = "off"
-
-from imgcls.train.config import TrainConfig  # noqa: E402
-from imgcls.train.run import train  # noqa: E402
+from imgcls.train.config import TrainConfig
+from imgcls.train.run import train
 
 
 def main() -> None:
@@ -29,6 +26,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--out", default="/tmp/imgcls-bench-imagenette")
     args = parser.parse_args()
+    decode_every_run()
     data = dataset("imagenette2-224.tar.gz", "imagenette2-224")
     rows = []
     for seed in args.seeds:

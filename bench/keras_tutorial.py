@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import tempfile
 import time
@@ -39,13 +38,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from common import dataset, report
+from common import dataset, decode_every_run, report
 from torch.utils.data import DataLoader
 from torchvision import transforms as T
 from torchvision.datasets import ImageFolder
 
 from imgcls.data.augment import build_augment
-from imgcls.data.cache import CACHE_ENV, CACHE_OFF
 from imgcls.models.classifier import Classifier
 from imgcls.models.registry import create_model
 from imgcls.runtime import resolve_device
@@ -125,7 +123,7 @@ def main() -> None:
     parser.add_argument("--out", default="/tmp/imgcls-bench-keras-tutorial")
     args = parser.parse_args()
     # Measure a first run, as the baseline's: no decoded arrays kept on disk from an earlier seed.
-    os.environ[CACHE_ENV] = CACHE_OFF
+    decode_every_run()
     source = dataset("imagenette2-224.tar.gz", "imagenette2-224")
     rows = []
     with tempfile.TemporaryDirectory(prefix="imgcls-keras-tutorial-") as tmp:

@@ -15,14 +15,13 @@ training, validation after each epoch, calibration and the saved bundle.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from dataclasses import replace
 
-from common import dataset, report
+from common import dataset, decode_every_run, report
 
-from imgcls.data.cache import CACHE_ENV, CACHE_OFF, decode_all
+from imgcls.data.cache import decode_all
 from imgcls.data.folders import discover
 from imgcls.evaluate.evaluation import evaluate
 from imgcls.train.config import TrainConfig
@@ -52,7 +51,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", default="/tmp/imgcls-bench-mnist")
     args = parser.parse_args()
-    os.environ[CACHE_ENV] = CACHE_OFF  # every run decodes, as a first run does
+    decode_every_run()
     data = dataset("mnist-png.tar.gz", "mnist")
     rows = []
     for seed in args.seeds:

@@ -26,14 +26,15 @@ class Batches:
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.device = torch.device(device)
-        if self.device.type == "cuda" and self.inputs.nbytes <= RESIDENT_BYTES:
-            self.inputs, self.targets = self.inputs.to(self.device), targets.to(self.device)
         self.generator = torch.Generator().manual_seed(seed)
         # Alternating flips (Jordan 2024): a random half of the images is mirrored in even epochs,
         # the other half in odd ones, so every image is seen both ways within any two epochs.
         self.flip_parity = torch.randint(0, 2, (len(targets),), generator=torch.Generator().manual_seed(seed + 1),
                                          dtype=torch.bool) if alternating_flip else None
         self.epoch = 0
+        if self.device.type == "cuda" and self.inputs.nbytes <= RESIDENT_BYTES:
+            self.inputs, self.targets = self.inputs.to(self.device), targets.to(self.device)
+            self.flip_parity = self.flip_parity.to(self.device) if alternating_flip else None
 
     def set_epoch(self, epoch: int) -> None:
         """The epoch about to run (as DistributedSampler.set_epoch): picks the alternating flips."""
@@ -51,8 +52,7 @@ class Batches:
             index = order[start: start + self.batch_size].to(self.inputs.device, non_blocking=True)
             rows = self.inputs[index]
             if self.flip_parity is not None:
-                mirrored = self.flip_parity[order[start: start + self.batch_size]] ^ bool(self.epoch % 2)
-                mirrored = mirrored.to(rows.device, non_blocking=True).view(-1, *[1] * (rows.ndim - 1))
+                mirrored = (self.flip_parity[index] ^ bool(self.epoch % 2)).view(-1, *[1] * (rows.ndim - 1))
                 rows = torch.where(mirrored, rows.flip(2), rows)  # (B, H, W, 3): dim 2 is the width; no host sync
             yield self.transform(rows, self.device), self.targets[index].to(self.device, non_blocking=True)
 
