@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,10 +16,13 @@ from imgcls.errors import UsageError
 from imgcls.models.builtin import SpeedrunCNN, WhiteningConv
 from imgcls.models.bundle import load_bundle
 from imgcls.predict.predictor import Predictor
+from imgcls.models.classifier import tta_logits
 from imgcls.runtime import compute_dtype
+from imgcls.train.callbacks import Lookahead
 from imgcls.train.config import TrainConfig
 from imgcls.train.run import train
-from imgcls.train.schedule import LrSchedule
+from imgcls.train.schedule import LrSchedule, build_optimizer
+from imgcls.train.transfer import keep_frozen_batchnorm_in_eval
 
 
 def test_whitening_layer_decorrelates_and_equalises_image_patches():
@@ -74,24 +78,90 @@ def test_triangular_schedule_rises_linearly_then_falls_to_zero():
 
 def test_recipe_gives_defaults_and_explicit_options_win():
     config = TrainConfig.from_recipe("speedrun", epochs=3, batch_size=64)
-    assert (config.model, config.augment, config.tta, config.schedule) == ("speedrun-cnn", "speedrun", "flip", "triangular")
+    assert (config.model, config.augment, config.tta, config.schedule) == ("speedrun-cnn", "speedrun", "flip-shift", "triangular")
     assert (config.epochs, config.batch_size) == (3, 64)
+    recipe = TrainConfig.from_recipe("speedrun")
+    assert config.lr == pytest.approx(recipe.lr * 64 / recipe.batch_size)  # the recipe's lr follows its batch size
+    assert TrainConfig.from_recipe("speedrun", batch_size=64, lr=0.1).lr == 0.1  # unless lr is given
     with pytest.raises(UsageError, match="unknown recipe 'sppedrun'.*did you mean 'speedrun'"):
         TrainConfig.from_recipe("sppedrun")
 
 
-def test_speedrun_recipe_trains_a_bundle_that_predicts_with_flip_tta(digits_dir, tmp_path, capsys):
+def test_speedrun_recipe_trains_a_bundle_that_predicts_with_its_tta(digits_dir, tmp_path, capsys):
     run_dir = tmp_path / "run"
     assert main(["--quiet", "train", str(digits_dir), "--recipe", "speedrun", "--epochs", "4", "--batch-size", "32",
                  "--out", str(run_dir), "--no-report", "--no-progress"]) == 0
     saved = json.loads((run_dir / "model" / "config.json").read_text())
-    assert (saved["architecture"], saved["tta"], saved["img_size"]) == ("speedrun-cnn", "flip", 32)
+    assert (saved["architecture"], saved["tta"], saved["img_size"]) == ("speedrun-cnn", "flip-shift", 32)
     assert saved["metrics"]["accuracy"] > 0.3  # 10 digits: chance is 0.1
     images = sorted((digits_dir / "test").rglob("*.png"))[:6]
     with_flip, without = Predictor.load(run_dir), Predictor.load(run_dir, tta="none")
-    assert with_flip.tta == "flip" and without.tta == "none"
+    assert with_flip.tta == "flip-shift" and without.tta == "none"
     pixels = np.stack([np.asarray(Image.open(p).convert("RGB").resize((32, 32))) for p in images])
     assert not np.allclose(with_flip.logits(pixels), without.logits(pixels))
+
+
+def test_flip_shift_tta_averages_the_mirrored_pairs_of_the_image_and_of_two_shifted_copies():
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    corner = lambda x: x[:, :, 0, 0]  # a "model" that sees only the top-left pixel: every view differs
+    padded = torch.nn.functional.pad(images, (2, 2, 2, 2), mode="reflect")  # 2 px = a 32nd of 64
+    views = [images, padded[..., :64, :64], padded[..., 4:, 4:]]
+    pairs = [(corner(v) + corner(v.flip(3))) / 2 for v in views]
+    assert torch.allclose(tta_logits(corner, images, "flip-shift"), pairs[0] / 2 + (pairs[1] + pairs[2]) / 4)
+    assert torch.allclose(tta_logits(corner, images, "flip"), pairs[0])
+    assert torch.equal(tta_logits(corner, images, "none"), corner(images))
+
+
+def test_speedrun_cnn_starts_as_identity_convs_and_trains_only_batchnorm_shifts():
+    model = SpeedrunCNN(num_classes=10)
+    conv = model.blocks[1][0]  # 64 -> 256
+    passthrough = torch.zeros_like(conv.weight[:64])
+    passthrough[torch.arange(64), torch.arange(64), 1, 1] = 1
+    assert torch.equal(conv.weight[:64], passthrough)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    optimizer = build_optimizer(model, TrainConfig.from_recipe("speedrun"))
+    before = [(n.weight.clone(), n.bias.clone()) for n in norms]
+    model.train()
+    keep_frozen_batchnorm_in_eval(model)
+    assert all(n.training for n in norms)  # a fixed scale is not a frozen layer: statistics still follow the batches
+    model(torch.randn(8, 3, 32, 32)).logsumexp(1).mean().backward()
+    optimizer.step()
+    assert all(torch.equal(n.weight, w) and not torch.equal(n.bias, b) for n, (w, b) in zip(norms, before))
+    assert {g["lr"] for g in optimizer.param_groups} == {0.75, 0.75 * 64}  # BatchNorm shifts at norm_lr_scale
+    assert optimizer.param_groups[0]["momentum"] == 0.85
+
+
+def test_lookahead_pulls_weights_to_their_slow_average_and_ends_on_it():
+    model = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    trainer = SimpleNamespace(model=model, schedule=SimpleNamespace(step_count=0, total_steps=10))
+    lookahead = Lookahead(every=5, decay=0.9)
+    lookahead.on_train_begin(trainer)  # slow average: 0
+    for step in range(1, 11):
+        model.weight.data += 1  # a "step" of the fast weights
+        trainer.schedule.step_count = step
+        lookahead.on_batch_end(trainer, None)
+        if step == 5:  # pulled to 0.9**5 * 0.5**3 of the way back to the average of 0
+            assert model.weight.item() == pytest.approx(5 * (1 - 0.9 ** 5 * 0.5 ** 3))
+    slow = lookahead.slow[0].item()
+    model.weight.data += 3
+    lookahead.on_train_end(trainer)
+    assert model.weight.item() == pytest.approx(slow)  # the run ends on the average
+    resumed = Lookahead()
+    resumed.load_state_dict(lookahead.state_dict())  # --resume keeps the average rather than restarting it
+    resumed.on_train_begin(trainer)
+    assert torch.equal(resumed.slow[0], lookahead.slow[0])
+
+
+def test_too_few_steps_per_epoch_are_flagged_with_a_batch_size_that_fits(caplog):
+    from imgcls.train.run import _warn_about_batch_size
+
+    _warn_about_batch_size(600, 1024)
+    assert "600 training images make 1 step of batch 1024 per epoch" in caplog.text
+    assert "--batch-size 64 or smaller" in caplog.text
+    caplog.clear()
+    _warn_about_batch_size(45000, 1024)
+    assert caplog.text == ""
 
 
 def test_whitening_is_fitted_from_the_training_images_before_training(digits_dir, tmp_path):

@@ -92,6 +92,8 @@ def _train_parser(commands) -> None:
     g.add_argument("--early-stopping", type=int, metavar="PATIENCE", help="0 turns it off")
     g.add_argument("--label-smoothing", type=float)
     g.add_argument("--ema", type=float, metavar="DECAY", help="average the weights (e.g. 0.999); 0 = off")
+    g.add_argument("--lookahead", action="store_true", help="every 5 steps pull the weights to their slow average")
+    g.add_argument("--momentum", type=float, help=f"SGD momentum (default {d.momentum})")
     g.add_argument("--class-weights", action="store_true", help="weight the loss against class imbalance")
     g.add_argument("--grad-clip", type=float, metavar="NORM")
     g.add_argument("--seed", type=int)
@@ -183,7 +185,13 @@ def _explain_commands(commands) -> None:
     p.add_argument("--device", default="auto")
 
 
+TTA_HELP = ("test-time augmentation: flip averages with the mirrored image, flip-shift also with two shifted "
+            "pairs (default: the bundle's, set by its recipe)")
+
+
 def _add_commands(parser: argparse.ArgumentParser) -> None:
+    from ..models.classifier import TTA_MODES
+
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
     _train_parser(commands)
     p = commands.add_parser("evaluate", help="score a bundle on labelled images")
@@ -194,8 +202,7 @@ def _add_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--labels", dest="labels_csv", metavar="CSV")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--device", default="auto")
-    p.add_argument("--tta", choices=("none", "flip"),
-                   help="test-time augmentation: flip averages with the mirrored image (default: the bundle's, set by its recipe)")
+    p.add_argument("--tta", choices=TTA_MODES, help=TTA_HELP)
     p = commands.add_parser("predict", help="predict classes of new images")
     p.add_argument("bundle")
     p.add_argument("inputs", nargs="+", metavar="PATH", help="image files, folders or glob patterns")
@@ -203,8 +210,7 @@ def _add_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=("table", "json", "csv"), default="table")
     p.add_argument("--unknown-below", type=float, metavar="P", help="answer 'unknown' when the top score is below P")
     p.add_argument("--device", default="auto")
-    p.add_argument("--tta", choices=("none", "flip"),
-                   help="test-time augmentation: flip averages with the mirrored image (default: the bundle's, set by its recipe)")
+    p.add_argument("--tta", choices=TTA_MODES, help=TTA_HELP)
     p.add_argument("--engine", choices=("torch", "onnx"), default="torch", help="onnx: run model.onnx (after imgcls export)")
     p = commands.add_parser("calibrate-unknown", help="choose when predict answers 'unknown', from outlier images")
     p.add_argument("bundle")

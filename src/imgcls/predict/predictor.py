@@ -23,12 +23,12 @@ class Predictor:
     def __init__(self, model: Callable[[torch.Tensor], torch.Tensor], config: BundleConfig, device: torch.device):
         self.model, self.config, self.device = model, config, device  # model: (B, 3, H, W) in [0, 1] -> logits
         self.classes = config.classes
-        self.tta: str = config.tta  # "flip": average with the mirrored image
+        self.tta: str = config.tta  # classifier.TTA_MODES
         self.bundle_dir: Path | None = None  # where look-alike indexes are stored
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", engine: str = "torch", tta: str | None = None) -> "Predictor":
-        """tta: "none" or "flip"; None uses the bundle's (its training recipe's) choice."""
+        """tta: one of classifier.TTA_MODES; None uses the bundle's (its training recipe's) choice."""
         device = resolve_device(device)
         if engine == "torch":
             model, config = load_bundle(path, device)

@@ -18,7 +18,7 @@ from ..runtime import autocast
 from .callbacks import Callback
 from .config import TrainConfig
 from .schedule import LrSchedule, build_optimizer
-from .transfer import keep_frozen_batchnorm_in_eval
+from .transfer import is_frozen_batchnorm, keep_frozen_batchnorm_in_eval
 
 
 def make_loss(config: TrainConfig, class_weights: torch.Tensor | None) -> nn.Module:
@@ -74,7 +74,7 @@ def recompute_batchnorm(model: nn.Module, batches: Batches, precision: str = "fp
     https://arxiv.org/abs/2105.07576). Running averages lag behind fast-changing weights: on a few
     hundred images they leave evaluation at chance while batch statistics give a good model."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
-             and (m.weight is None or m.weight.requires_grad)]  # frozen layers keep pretrained statistics
+             and not is_frozen_batchnorm(m)]  # frozen layers keep pretrained statistics
     if not norms:
         return
     momenta = [m.momentum for m in norms]
@@ -128,6 +128,8 @@ class Trainer:
             self.model.load_state_dict(self.ema.module.state_dict())
         for callback in self.callbacks:
             callback.on_train_end(self)
+        # The final weights may be an average or an earlier epoch's (EMA, Lookahead, early stopping): their own statistics.
+        recompute_batchnorm(self.model, self.train_batches, self.config.precision)
         return self.history
 
     @property

@@ -30,7 +30,7 @@ from ..models.registry import check_model_name, create_model, default_img_size
 from ..models.weights import load_weights
 from ..runtime import resolve_device
 from .calibration import fit_temperature
-from .callbacks import CHECKPOINT_FILE, Checkpoint, EarlyStopping, EpochLog, HistoryCSV, ProgressBar
+from .callbacks import CHECKPOINT_FILE, Checkpoint, EarlyStopping, EpochLog, HistoryCSV, Lookahead, ProgressBar
 from .config import TrainConfig
 from .loop import Trainer, make_loss, predict_logits
 from .transfer import SMALL_BATCH, UnfreezeBackbone, classifier_head, head_inputs, layer_lr_scales, set_backbone_trainable
@@ -41,6 +41,7 @@ DEFAULT_MODEL = "cnn-bn"  # strongest built-in from scratch; needs no download
 MIN_AUTO_IMG_SIZE = 32  # below this, three pooling stages leave nothing to classify
 SIZE_SAMPLE = 200  # image headers read to pick img_size
 IMBALANCE_WARNING = 3  # largest/smallest class ratio from which the loss is noticeably biased
+FEW_STEPS = 4  # optimizer steps per epoch below which a run barely trains (e.g. a recipe's batch of 1024 on 600 images)
 
 
 @dataclass
@@ -147,7 +148,7 @@ def _make_trainer(model: Classifier, config: TrainConfig, train_set: DecodedSpli
     (frozen backbone, no augmentation: every epoch after the first costs a few matrix products)."""
     mode, num_classes, img_size = config.resolved_mode(), train_set.targets.shape[1], train_set.pixels.shape[1]
     weights = _class_weights(train_set.targets, config.multi_label).to(device) if config.class_weights else None
-    callbacks = ([ProgressBar()] if progress else []) + [
+    callbacks = ([ProgressBar()] if progress else []) + ([Lookahead()] if config.lookahead else []) + [
         EpochLog(), EarlyStopping(config.early_stopping), HistoryCSV(run_dir), Checkpoint(run_dir)]
     augment = build_augment(config.augment, img_size, num_classes, config.multi_label)
     train_batches = Batches(train_set.pixels, train_set.targets, config.batch_size, shuffle=True, device=device,
@@ -214,6 +215,7 @@ def train(data_dir: str | Path | None, run_dir: str | Path, config: TrainConfig 
     num_classes = len(dataset.classes)
     train_set = _decode_split(dataset.splits["train"], img_size, num_classes, config.workers, "train")
     val_set = _decode_split(dataset.splits["validation"], img_size, num_classes, config.workers, "validation")
+    _warn_about_batch_size(len(train_set.samples), config.batch_size)
     model = _build_model(config, num_classes, img_size, source)
     if state is None and config.resolved_mode() == "scratch":
         _fit_whitening(model, train_set.pixels, config.seed)
@@ -242,6 +244,14 @@ def _write_report(run_dir: Path, device: torch.device) -> None:
         write_report(run_dir, device=str(device))
     except Exception as err:  # the bundle is saved; `imgcls report RUN_DIR` can write it again
         log.warning("report.html not written (%s: %s); run `imgcls report %s`", type(err).__name__, err, run_dir)
+
+
+def _warn_about_batch_size(images: int, batch_size: int) -> None:
+    steps = -(-images // batch_size)
+    if steps < FEW_STEPS:
+        suggested = max(8, 1 << max(0, (images // 8).bit_length() - 1))  # a power of two giving 8 steps or more
+        log.warning("%d training images make %d step%s of batch %d per epoch, too few to learn much; "
+                    "use --batch-size %d or smaller", images, steps, "" if steps == 1 else "s", batch_size, suggested)
 
 
 def _warn_about_data(dataset: LabelledImages) -> None:

@@ -8,15 +8,18 @@ from torch import nn
 
 from .config import TrainConfig
 
+NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
+
 
 def build_optimizer(model: nn.Module, config: TrainConfig, lr_scales: dict[str, float] | None = None) -> torch.optim.Optimizer:
     """One group per (lr scale, decay or not). No weight decay on biases and norm parameters:
     decaying them only hurts (Goyal et al. 2017). Frozen parameters are included: they get no
     gradient, so the optimizer skips them until they are unfrozen."""
     lr, weight_decay = config.resolved_lr(), config.resolved_weight_decay()
+    in_norms = {id(p) for m in model.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters(recurse=False)}
     grouped: dict[tuple[float, bool], list] = {}
     for name, param in model.named_parameters():
-        scale = (lr_scales or {}).get(name, 1.0)
+        scale = (lr_scales or {}).get(name, 1.0) * (config.norm_lr_scale if id(param) in in_norms else 1.0)
         grouped.setdefault((scale, param.ndim > 1), []).append(param)
     groups = [{"params": params, "lr": lr * scale, "weight_decay": weight_decay if decays else 0.0}
               for (scale, decays), params in grouped.items()]
@@ -26,7 +29,7 @@ def build_optimizer(model: nn.Module, config: TrainConfig, lr_scales: dict[str, 
     if config.optimizer == "adam":  # L2 through the gradient, as Keras' kernel_regularizer does
         return torch.optim.Adam(groups, lr=lr, **fused)
     if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True, **fused)
+        return torch.optim.SGD(groups, lr=lr, momentum=config.momentum, nesterov=config.momentum > 0, **fused)
     return torch.optim.RMSprop(groups, lr=lr, **fused)
 
 

@@ -45,10 +45,17 @@ def set_backbone_trainable(model: nn.Module, trainable: bool, freeze_batchnorm: 
     classifier_head(model).requires_grad_(True)
 
 
+def is_frozen_batchnorm(module: nn.Module) -> bool:
+    """A BatchNorm layer none of whose parameters trains: it keeps the statistics it came with.
+    One whose scale alone is fixed (speedrun-cnn's) still trains, statistics included."""
+    params = list(module.parameters(recurse=False))
+    return isinstance(module, _BatchNorm) and bool(params) and not any(p.requires_grad for p in params)
+
+
 def keep_frozen_batchnorm_in_eval(model: nn.Module) -> None:
     """Call after model.train(): frozen BatchNorm layers keep their pretrained statistics."""
     for module in model.modules():
-        if isinstance(module, _BatchNorm) and module.weight is not None and not module.weight.requires_grad:
+        if is_frozen_batchnorm(module):
             module.eval()
 
 
