@@ -48,7 +48,7 @@ def unknown_trade_off(report: dict) -> str:
     columns = ["threshold", "in_distribution_kept", "accuracy_on_kept", "outliers_rejected"]
     rows = [[r[c] for c in columns] for r in report["trade_off"]]
     chosen = report["chosen"]
-    verdict = (f"chosen threshold {chosen['threshold']}: keeps {100 * chosen['in_distribution_kept']:.1f}% of "
+    verdict = (f"chosen threshold {chosen['threshold']:.4g}: keeps {100 * chosen['in_distribution_kept']:.1f}% of "
                f"in-distribution images, rejects {100 * chosen['outliers_rejected']:.1f}% of outliers "
                f"(AUROC {report['auroc']:.3f}; {report['n_in_distribution']} in-distribution, {report['n_outliers']} outliers)")
     saved = "stored in the bundle: predict now answers 'unknown' below it" if report["saved"] else "not stored (--no-save)"

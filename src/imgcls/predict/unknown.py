@@ -30,7 +30,7 @@ def _top_scores(predictor: Predictor, paths: list[Path], what: str) -> tuple[np.
 def _trade_off(threshold: float, known_top: np.ndarray, known_correct: np.ndarray, outlier_top: np.ndarray) -> dict:
     kept = known_top >= threshold
     return {
-        "threshold": round(float(threshold), 4),
+        "threshold": float(threshold),  # unrounded: rounding could move it past a score it separates
         "in_distribution_kept": round(float(kept.mean()), 4),
         "accuracy_on_kept": round(float(known_correct[kept].mean()), 4) if kept.any() else None,
         "outliers_rejected": round(float((outlier_top < threshold).mean()), 4),
@@ -54,7 +54,10 @@ def calibrate_unknown(bundle: str | Path, data_dir: str | Path, outliers: str | 
 
     candidates = np.unique(np.concatenate([known_top, outlier_top]))
     youden = [(known_top >= t).mean() + (outlier_top < t).mean() for t in candidates]
-    chosen = float(candidates[int(np.argmax(youden))])
+    best = int(np.argmax(youden))
+    # Halfway down to the next lower score: the same images kept, but a score computed in another batch
+    # (a last-digit difference) cannot fall on the other side of the threshold.
+    chosen = float(candidates[best] + candidates[best - 1]) / 2 if best > 0 else float(candidates[0])
     report = {
         "chosen": _trade_off(chosen, known_top, known_correct, outlier_top),
         "auroc": round(float(roc_auc_score(np.r_[np.ones(len(known_top)), np.zeros(len(outlier_top))],
