@@ -170,3 +170,21 @@ def test_training_decodes_a_split_once_and_then_says_it_came_from_the_cache(digi
     assert f"train: {len(samples)} decoded images from cache ({cache_dir}" in caplog.text
     np.testing.assert_array_equal(second.pixels, first.pixels)
     assert second.samples == first.samples
+
+
+@pytest.mark.skipif("fork" not in __import__("multiprocessing").get_all_start_methods(), reason="processes need fork")
+def test_large_folders_decode_in_worker_processes_to_the_same_array_and_failures(photos, monkeypatch):
+    from concurrent.futures import ProcessPoolExecutor
+
+    from imgcls.data import cache
+
+    in_threads = decode_all(photos * 3, 24, workers=2)
+    monkeypatch.setattr(cache, "PROCESS_MIN_IMAGES", 4)  # "large" from 4 images
+    pool, _ = cache._pool(2, cache._shared_rows(len(photos) * 3, 24))
+    with pool:
+        assert isinstance(pool, ProcessPoolExecutor)
+    in_processes = decode_all(photos * 3, 24, workers=2)
+    assert np.array_equal(in_processes.pixels, in_threads.pixels)
+    assert in_processes.kept == in_threads.kept and len(in_processes.kept) == 15
+    assert [path.name for path, _ in in_processes.failed] == ["notes.jpg"] * 3
+    assert [reason for _, reason in in_processes.failed] == [reason for _, reason in in_threads.failed]
