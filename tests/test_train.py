@@ -181,3 +181,18 @@ def test_automatic_image_size_is_the_designed_size_unless_the_images_are_smaller
         Image.new("RGB", (side + 40, side)).save(path)
         samples.append(Sample(path, (0,)))
     assert auto_img_size("cnn-bn", samples) == expected
+
+
+def test_photos_shrunk_far_below_their_size_are_flagged(tmp_path, caplog):
+    from PIL import Image
+
+    from imgcls.data.folders import Sample
+    from imgcls.train.run import auto_img_size
+
+    path = tmp_path / "photo.jpg"
+    Image.new("RGB", (400, 300)).save(path)
+    assert auto_img_size("speedrun-cnn", [Sample(path, (0,))]) == 32
+    assert "about 300 px but speedrun-cnn is designed for 32 px" in caplog.text and "--img-size" in caplog.text
+    caplog.clear()
+    assert auto_img_size("cnn-bn", [Sample(path, (0,))]) == 128
+    assert caplog.text == ""

@@ -92,8 +92,10 @@ def _train_parser(commands) -> None:
     g.add_argument("--early-stopping", type=int, metavar="PATIENCE", help="0 turns it off")
     g.add_argument("--label-smoothing", type=float)
     g.add_argument("--ema", type=float, metavar="DECAY", help="average the weights (e.g. 0.999); 0 = off")
-    g.add_argument("--lookahead", action="store_true", help="every 5 steps pull the weights to their slow average")
+    g.add_argument("--lookahead", action=argparse.BooleanOptionalAction,
+                   help="every 5 steps pull the weights to their slow average, ending on it")
     g.add_argument("--momentum", type=float, help=f"SGD momentum (default {d.momentum})")
+    g.add_argument("--norm-lr-scale", type=float, metavar="X", help="lr multiplier for normalisation layers (default 1)")
     g.add_argument("--class-weights", action="store_true", help="weight the loss against class imbalance")
     g.add_argument("--grad-clip", type=float, metavar="NORM")
     g.add_argument("--seed", type=int)
