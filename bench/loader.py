@@ -17,12 +17,12 @@ Each is the median of --repeats runs. Every file is read once before timing, so 
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
 import os
 import statistics
 import sys
 import tempfile
 import time
-import multiprocessing as mp
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from itertools import repeat
 from pathlib import Path

@@ -60,8 +60,12 @@ def test_same_seed_gives_the_same_model(digits_dir, tmp_path):
     assert first.history[0]["val_loss"] == second.history[0]["val_loss"]
 
 
-def test_resume_continues_an_interrupted_run_to_the_same_result(digits_dir, tmp_path, monkeypatch):
-    config = TrainConfig(**{**FAST_CONFIG, "epochs": 2})
+@pytest.mark.parametrize("config", [
+    TrainConfig(**{**FAST_CONFIG, "epochs": 2}),
+    # whitening fitted once, the Lookahead average and alternating flips carried across the interruption
+    TrainConfig.from_recipe("speedrun", epochs=2, batch_size=64, report=False),
+], ids=["default", "speedrun"])
+def test_resume_continues_an_interrupted_run_to_the_same_result(digits_dir, tmp_path, monkeypatch, config):
     straight = train(digits_dir, tmp_path / "straight", config, progress=False)
 
     original_epoch = Trainer.train_epoch

@@ -16,14 +16,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import math
 import mmap
 import multiprocessing as mp
+import os
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass
 from functools import partial
 from itertools import repeat
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 

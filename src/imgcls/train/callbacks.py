@@ -135,8 +135,11 @@ class Lookahead(Callback):
         return [value for value in trainer.model.state_dict().values() if value.dtype.is_floating_point]
 
     def on_train_begin(self, trainer):
-        if self.slow is None:  # resumed runs keep their loaded average
-            self.slow = [value.detach().clone() for value in self._weights(trainer)]
+        weights = self._weights(trainer)
+        if self.slow is None:
+            self.slow = [value.detach().clone() for value in weights]
+        else:  # a resumed run keeps its average, loaded on the CPU
+            self.slow = [slow.to(value.device) for slow, value in zip(self.slow, weights)]
 
     def on_batch_end(self, trainer, logs):
         step = trainer.schedule.step_count
