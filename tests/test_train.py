@@ -194,9 +194,10 @@ def test_photos_shrunk_far_below_their_size_are_flagged(tmp_path, caplog):
     from imgcls.train.run import auto_img_size
 
     path = tmp_path / "photo.jpg"
-    Image.new("RGB", (400, 300)).save(path)
+    Image.new("RGB", (200, 150)).save(path)
     assert auto_img_size("speedrun-cnn", [Sample(path, (0,))]) == 32
-    assert "about 300 px but speedrun-cnn is designed for 32 px" in caplog.text and "--img-size" in caplog.text
+    assert "about 150 px but speedrun-cnn is designed for 32 px" in caplog.text and "--img-size" in caplog.text
     caplog.clear()
-    assert auto_img_size("cnn-bn", [Sample(path, (0,))]) == 128
+    Image.new("RGB", (1600, 1200)).save(path)
+    assert auto_img_size("cnn-bn", [Sample(path, (0,))]) == 128  # photos for a photo-sized model: as designed
     assert caplog.text == ""

@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL = "cnn-bn"  # strongest built-in from scratch; needs no download
 MIN_AUTO_IMG_SIZE = 32  # below this, three pooling stages leave nothing to classify
 SIZE_SAMPLE = 200  # image headers read to pick img_size
-SHRINK_WARNING = 8  # images this many times the model's size lose most detail (e.g. photos under --recipe speedrun)
+# Models designed for thumbnails (speedrun-cnn, lenet5: 32 px) given photos this many times larger lose most detail.
+THUMBNAIL_PX, SHRINK_WARNING = 64, 4
 IMBALANCE_WARNING = 3  # largest/smallest class ratio from which the loss is noticeably biased
 FEW_STEPS = 4  # optimizer steps per epoch below which a run barely trains (e.g. a recipe's batch of 1024 on 600 images)
 
@@ -66,7 +67,7 @@ def auto_img_size(model: str, samples: list[Sample]) -> int:
             continue
     median = int(statistics.median(sides)) if sides else default_img_size(model)
     size = max(MIN_AUTO_IMG_SIZE, min(default_img_size(model), -(-median // 8) * 8))
-    if median >= SHRINK_WARNING * size:
+    if size < THUMBNAIL_PX and median >= SHRINK_WARNING * size:
         log.warning("the images are about %d px but %s is designed for %d px, so they are shrunk %dx; "
                     "for detail at that scale pass --img-size or choose a model made for photos", median, model, size,
                     median // size)
