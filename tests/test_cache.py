@@ -2,8 +2,11 @@
 any change to the files or the size decodes again, and a broken cache never breaks a run."""
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -43,10 +46,6 @@ def _snapshot(folder: Path) -> dict:
     return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.iterdir())}
 
 
-def _entries(cache_dir: Path) -> list[str]:
-    return sorted(p.name for p in cache_dir.iterdir())
-
-
 def test_a_second_decode_maps_the_first_ones_array_and_equals_it_exactly(photos, cache_dir):
     first = decode_cached(photos, 16, cache_dir)
     second = decode_cached(photos, 16, cache_dir)
@@ -73,14 +72,15 @@ def test_unreadable_files_are_still_reported_and_warned_about_on_a_cache_hit(pho
 
 def test_touching_or_replacing_a_file_decodes_again_and_replaces_the_old_entry(photos, cache_dir):
     decode_cached(photos, 16, cache_dir)
-    before = _entries(cache_dir)
+    before = _snapshot(cache_dir)
     stat = photos[0].stat()
     os.utime(photos[0], ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
 
     touched = decode_cached(photos, 16, cache_dir)
 
     assert touched.cached is None
-    assert len(_entries(cache_dir)) == len(before) and _entries(cache_dir) != before  # replaced, not added
+    after = _snapshot(cache_dir)
+    assert after.keys() == before.keys() and after != before  # replaced, not added
     Image.new("RGB", (20, 20), "red").save(photos[0])
     replaced = decode_cached(photos, 16, cache_dir)
     assert replaced.cached is None
@@ -133,6 +133,19 @@ def test_a_cache_that_cannot_be_written_only_costs_a_warning(photos, tmp_path, c
     assert "decoded images not cached" in caplog.text
 
 
+def test_a_full_disk_only_costs_a_warning_and_leaves_no_partial_entry(photos, cache_dir, caplog, monkeypatch):
+    def no_space(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(os, "posix_fallocate", no_space, raising=False)
+
+    with caplog.at_level(logging.WARNING):
+        decoded = decode_cached(photos, 16, cache_dir)
+
+    assert decoded.kept == [0, 1, 3, 4, 5] and "No space left on device" in caplog.text
+    np.testing.assert_array_equal(decoded.pixels, decode_all(photos, 16).pixels)
+    assert list(cache_dir.iterdir()) == []
+
+
 def test_nothing_is_written_beside_the_images(photos, cache_dir):
     folder = photos[0].parent
     before = _snapshot(folder)
@@ -180,7 +193,7 @@ def test_large_folders_decode_in_worker_processes_to_the_same_array_and_failures
 
     in_threads = decode_all(photos * 3, 24, workers=2)
     monkeypatch.setattr(cache, "PROCESS_MIN_IMAGES", 4)  # "large" from 4 images
-    pool, _ = cache._pool(2, cache._shared_rows(len(photos) * 3, 24))
+    pool, _ = cache._pool(2, (photos * 3, 24, cache._shared_rows(len(photos) * 3, 24)))
     with pool:
         assert isinstance(pool, ProcessPoolExecutor)
     in_processes = decode_all(photos * 3, 24, workers=2)
@@ -188,3 +201,21 @@ def test_large_folders_decode_in_worker_processes_to_the_same_array_and_failures
     assert in_processes.kept == in_threads.kept and len(in_processes.kept) == 15
     assert [path.name for path, _ in in_processes.failed] == ["notes.jpg"] * 3
     assert [reason for _, reason in in_processes.failed] == [reason for _, reason in in_threads.failed]
+
+
+@pytest.mark.skipif("fork" not in __import__("multiprocessing").get_all_start_methods(), reason="processes need fork")
+def test_worker_processes_resize_after_the_parent_ran_parallel_torch_code(photos, tmp_path):
+    """libgomp is not fork-safe: without one thread per worker, this decode hung forever."""
+    script = tmp_path / "decode.py"
+    script.write_text(
+        "import sys, torch\n"
+        "from pathlib import Path\n"
+        "from imgcls.data import cache\n"
+        "torch.ones(1 << 22).add_(1)  # an OpenMP region in the parent before the fork\n"
+        "cache.PROCESS_MIN_IMAGES = 4\n"
+        "decoded = cache.decode_all([Path(p) for p in sys.argv[1:]] * 20, 256, workers=2)\n"
+        "print(decoded.pixels.shape)\n")
+    done = subprocess.run([sys.executable, str(script), *map(str, photos)], capture_output=True, text=True, timeout=60)
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "(100, 256, 256, 3)"

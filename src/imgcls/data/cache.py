@@ -6,10 +6,11 @@ the array on disk (`decode_cached`) lets every later run on the same files skip 
 
 The disk cache lives in $IMGCLS_CACHE_DIR, else $XDG_CACHE_HOME/imgcls/decoded, else
 ~/.cache/imgcls/decoded; `IMGCLS_CACHE_DIR=off` (or `cache_dir=None`) turns it off. An entry is
-SLOT-STAMP.npy (the pixels) and SLOT-STAMP.json (which files failed, and why). SLOT names the list of
-paths, the image size, DECODE_VERSION and Pillow's version; STAMP the byte size and mtime_ns of every
-file, so an edited file makes a new entry, which replaces its slot's old one. Nothing is written
-beside the images; a cache that cannot be written or read costs a warning and a decode, never a run.
+SLOT.npy (one row of pixels per file, zeros for unreadable ones) and SLOT.json (the files' stamp, and
+which failed and why). SLOT names the list of paths, the image size, DECODE_VERSION and Pillow's version;
+the stamp hashes the byte size and mtime_ns of every file, so an edited file decodes again and replaces
+the entry. Nothing is written beside the images; a cache that cannot be written or read costs a warning
+and a decode, never a run.
 """
 from __future__ import annotations
 
@@ -23,19 +24,19 @@ import os
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from itertools import repeat
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import PIL
+import torch
 
-from ..fileio import atomic_write, atomic_write_bytes
+from ..fileio import atomic_path, atomic_write_bytes
 from .images import UnreadableImage, decode_image
 
 log = logging.getLogger(__name__)
 
-DECODE_VERSION = 1  # bump whenever decode_image's output changes: it retires every cached entry
+DECODE_VERSION = 2  # bump whenever decode_image's output or the entry's layout changes: it retires every entry
 CACHE_ENV = "IMGCLS_CACHE_DIR"
 CACHE_OFF = "off"
 # Images per task: a task per image cost a fifth of the throughput on CIFAR-10's 32-px JPEGs, and 256
@@ -63,29 +64,37 @@ def default_cache_dir() -> Path | None:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "imgcls" / "decoded"
 
 
-def _warn_skipped(failed: list[tuple[Path, str]]) -> None:
-    for path, reason in failed:
-        log.warning("skipped unreadable image %s: %s", path, reason)
+def _file_stamp(path) -> str:
+    try:
+        stat = os.stat(path)
+    except OSError:  # reported as failed by the decode; it must count as a change once it appears
+        return "missing"
+    return f"{stat.st_size} {stat.st_mtime_ns}"
 
 
-_worker_rows: np.ndarray | None = None  # in a worker process: decode_all's output array, shared at fork
+_worker_job: tuple | None = None  # in a worker process: (paths, size, rows) of the decode, inherited at fork
 
 
-def _adopt_rows(rows: np.ndarray) -> None:
-    global _worker_rows
-    _worker_rows = rows
+def _adopt_job(*job) -> None:
+    global _worker_job
+    _worker_job = job
+    # One thread per worker: the workers already fill the cores, and libgomp is not fork-safe, so a
+    # worker entering an OpenMP region (resize's copy) after the parent ran one would wait forever.
+    torch.set_num_threads(1)
 
 
-def _decode_chunk(start: int, paths: Sequence[Path], size: int, rows: np.ndarray | None = None) -> list[tuple[int, str]]:
-    """Decode paths into rows[start:] in place (the worker's shared rows unless given); the failures' (index, reason)."""
-    rows = _worker_rows if rows is None else rows
-    failures = []
-    for index, path in enumerate(paths, start):
+def _decode_range(start: int, stop: int, job: tuple | None = None) -> tuple[list[str], list[tuple[int, str]]]:
+    """Decode paths[start:stop] into rows[start:stop] in place (the worker's inherited job unless given):
+    each file's stamp, taken before decoding it, and the failures' (index, reason)."""
+    paths, size, rows = _worker_job if job is None else job
+    stamps, failures = [], []
+    for index in range(start, stop):
+        stamps.append(_file_stamp(paths[index]))
         try:
-            rows[index] = decode_image(path, size)
+            rows[index] = decode_image(paths[index], size)
         except (UnreadableImage, OSError) as err:
             failures.append((index, str(err)))
-    return failures
+    return stamps, failures
 
 
 def _shared_rows(count: int, size: int) -> np.ndarray:
@@ -96,86 +105,115 @@ def _shared_rows(count: int, size: int) -> np.ndarray:
     return np.frombuffer(buffer, np.uint8, count=math.prod(shape)).reshape(shape)
 
 
-def _pool(workers: int, rows: np.ndarray) -> tuple[Executor, Callable]:
+def _pool(workers: int, job: tuple) -> tuple[Executor, Callable]:
     """Processes for large folders where the OS can fork: Pillow parses JPEG headers in Python, under
     the GIL, so threads serialise on small images (CIFAR-10: 2 threads decode at half the rate of
-    one, 2 processes at twice). Threads elsewhere: a few images, or no fork (macOS, Windows), where
-    starting interpreters would cost more than it saves."""
-    if workers > 1 and len(rows) >= PROCESS_MIN_IMAGES and "fork" in mp.get_all_start_methods():
-        return ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"), initializer=_adopt_rows,
-                                   initargs=(rows,)), _decode_chunk
-    return ThreadPoolExecutor(workers), partial(_decode_chunk, rows=rows)
+    one, 2 processes at twice). The workers inherit the paths and the output rows at fork, so a task
+    is two numbers. Threads elsewhere: a few images, or no fork (macOS, Windows), where starting
+    interpreters would cost more than it saves."""
+    if workers > 1 and len(job[0]) >= PROCESS_MIN_IMAGES and "fork" in mp.get_all_start_methods():
+        return ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"), initializer=_adopt_job,
+                                   initargs=job), _decode_range
+    return ThreadPoolExecutor(workers), partial(_decode_range, job=job)
+
+
+def _decode_into(rows: np.ndarray, paths: Sequence[Path], size: int, workers: int | None,
+                 on_progress: Callable[[int], None] | None) -> tuple[list[str], dict[int, str]]:
+    """Decode `paths` on every core, a chunk of files per task, into `rows` in their order:
+    every file's stamp and the failures' reasons by index."""
+    workers = workers or os.cpu_count() or 1
+    step = max(1, min(CHUNK, len(paths) // (4 * workers)))  # small inputs still spread over every worker
+    starts = range(0, len(paths), step)
+    stops = [min(start + step, len(paths)) for start in starts]
+    stamps: list[str] = []
+    reasons: dict[int, str] = {}
+    pool, decode_range = _pool(workers, (paths, size, rows))
+    with pool:  # explicit chunks: ThreadPoolExecutor.map ignores chunksize
+        for chunk_stamps, failures in pool.map(decode_range, starts, stops):
+            stamps += chunk_stamps
+            reasons.update(failures)
+            if on_progress is not None:
+                on_progress(len(chunk_stamps))
+    return stamps, reasons
+
+
+def _result(rows: np.ndarray, paths: Sequence[Path], reasons: dict[int, str], cached: Path | None = None) -> DecodedImages:
+    """The readable rows (a copy only when some file failed), with the failures warned about."""
+    kept = [index for index in range(len(paths)) if index not in reasons]
+    failed = [(Path(paths[index]), reason) for index, reason in sorted(reasons.items())]
+    for path, reason in failed:
+        log.warning("skipped unreadable image %s: %s", path, reason)
+    return DecodedImages(rows[kept] if failed else rows, kept, failed, cached)
 
 
 def decode_all(paths: Sequence[Path], size: int, workers: int | None = None,
                on_progress: Callable[[int], None] | None = None) -> DecodedImages:
-    """Decode `paths` on every core, a chunk of files per task, into one array in their order."""
+    """Decode `paths` on every core into one array in their order."""
     rows = _shared_rows(len(paths), size)
-    workers = workers or os.cpu_count() or 1
-    step = max(1, min(CHUNK, len(paths) // (4 * workers)))  # small inputs still spread over every worker
-    starts = range(0, len(paths), step)
-    reasons: dict[int, str] = {}
-    pool, decode_chunk = _pool(workers, rows)
-    with pool:
-        # explicit chunks: ThreadPoolExecutor.map ignores chunksize
-        for start, failures in zip(starts, pool.map(decode_chunk, starts, [paths[i: i + step] for i in starts], repeat(size))):
-            reasons.update(failures)
-            if on_progress is not None:
-                on_progress(min(step, len(paths) - start))
-    kept = [index for index in range(len(paths)) if index not in reasons]
-    failed = [(Path(paths[index]), reason) for index, reason in sorted(reasons.items())]
-    _warn_skipped(failed)
-    return DecodedImages(rows[kept] if failed else rows, kept, failed)
+    _, reasons = _decode_into(rows, paths, size, workers, on_progress)
+    return _result(rows, paths, reasons)
 
 
-def _entry(cache_dir: Path, paths: Sequence[Path], size: int) -> Path:
-    """CACHE_DIR/SLOT-STAMP (no suffix). Stat before decoding: a file edited meanwhile gets a new stamp next run."""
+def _slot(cache_dir: Path, paths: Sequence[Path], size: int) -> Path:
+    """CACHE_DIR/SLOT, without suffix: one entry per list of files and size."""
     names = [os.path.abspath(p) for p in paths]
-    stats = []
-    for name in names:
-        try:
-            stat = os.stat(name)
-            stats.append(f"{stat.st_size} {stat.st_mtime_ns}")
-        except OSError:  # decode_all reports it as failed; it must count as a change once it appears
-            stats.append("missing")
-    slot = hashlib.sha256("\0".join([f"v{DECODE_VERSION} pillow{PIL.__version__} {size}px", *names]).encode())
-    stamp = hashlib.sha256("\0".join(stats).encode())
-    return Path(cache_dir) / f"{slot.hexdigest()[:20]}-{stamp.hexdigest()[:20]}"
+    digest = hashlib.sha256("\0".join([f"v{DECODE_VERSION} pillow{PIL.__version__} {size}px", *names]).encode())
+    return Path(cache_dir) / digest.hexdigest()[:20]
 
 
-def _load(entry: Path, paths: Sequence[Path], size: int) -> DecodedImages:
+def _stamp(file_stamps: list[str]) -> str:
+    return hashlib.sha256("\0".join(file_stamps).encode()).hexdigest()[:20]
+
+
+def _load(entry: Path, paths: Sequence[Path], size: int) -> DecodedImages | None:
     """The entry's pixels, memory-mapped copy-on-write: no load time, pages shared with other runs,
     writable without touching the file (a read-only array makes torch.as_tensor warn), and random
-    batches as fast as from RAM (Batches on CIFAR-10 and Imagenette-128: same images/s, measured)."""
-    failed = json.loads(entry.with_suffix(".json").read_text())["failed"]
-    reasons = {int(index): str(reason) for index, reason in failed}
-    kept = [index for index in range(len(paths)) if index not in reasons]
+    batches as fast as from RAM (Batches on CIFAR-10 and Imagenette-128: same images/s, measured).
+    None when a file changed since the entry was written."""
+    meta = json.loads(entry.with_suffix(".json").read_text())
+    if meta["stamp"] != _stamp([_file_stamp(path) for path in paths]):
+        return None
+    reasons = {int(index): str(reason) for index, reason in meta["failed"]}
     pixels = np.load(entry.with_suffix(".npy"), mmap_mode="c")  # allow_pickle stays False: no code runs
-    if len(kept) + len(reasons) != len(paths) or pixels.dtype != np.uint8 or pixels.shape != (len(kept), size, size, 3):
-        raise ValueError(f"holds {pixels.dtype} {pixels.shape} for {len(kept)} of {len(paths)} images at {size} px")
-    return DecodedImages(pixels, kept, [(Path(paths[index]), reason) for index, reason in reasons.items()],
-                         entry.with_suffix(".npy"))
+    if not set(reasons) <= set(range(len(paths))) or pixels.dtype != np.uint8 or pixels.shape != (len(paths), size, size, 3):
+        raise ValueError(f"holds {pixels.dtype} {pixels.shape} for {len(paths)} images at {size} px")
+    return _result(pixels, paths, reasons, entry.with_suffix(".npy"))
 
 
-def _save_pixels(path: str, pixels: np.ndarray) -> None:
-    with open(path, "wb") as handle:  # np.save given a name would append ".npy" to the temporary one
-        np.save(handle, pixels)
+def _reserved_rows(path: Path, count: int, size: int) -> np.ndarray:
+    """A (count, size, size, 3) uint8 .npy file mapped shared, for the decoders to fill in place: storing
+    the array then costs no copy of it. Its disk blocks are reserved first, so a full disk fails here, as
+    an OSError, and not as a crash (SIGBUS) when a worker touches a page the disk has no room for."""
+    rows = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(count, size, size, 3))
+    with open(path, "rb+") as handle:
+        if hasattr(os, "posix_fallocate"):
+            os.posix_fallocate(handle.fileno(), rows.offset, rows.nbytes)
+        else:  # macOS: writing the zeros reserves the blocks too, at the cost of one pass over the file
+            handle.seek(rows.offset)
+            for start in range(0, rows.nbytes, 1 << 24):
+                handle.write(bytes(min(1 << 24, rows.nbytes - start)))
+    return rows
 
 
-def _store(entry: Path, decoded: DecodedImages) -> None:
-    """Pixels first, then the JSON that completes the entry, then drop the slot's older entries."""
+def _decode_and_store(entry: Path, paths: Sequence[Path], size: int, workers: int | None,
+                      on_progress: Callable[[int], None] | None) -> DecodedImages:
+    """Decode straight into the entry's pixel file, then write the JSON that completes the entry."""
+    decoded = None
     try:
-        atomic_write(entry.with_suffix(".npy"), lambda tmp: _save_pixels(tmp, decoded.pixels))
-        kept = set(decoded.kept)
-        failed_at = [index for index in range(len(kept) + len(decoded.failed)) if index not in kept]
-        failed = [[index, reason] for index, (_, reason) in zip(failed_at, decoded.failed)]
-        atomic_write_bytes(entry.with_suffix(".json"), json.dumps({"failed": failed}).encode())
-        slot = entry.name.split("-")[0]
-        for old in entry.parent.glob(f"{slot}-*"):
-            if old.stem != entry.name:
-                old.unlink(missing_ok=True)
+        with atomic_path(entry.with_suffix(".npy")) as tmp:
+            rows = _reserved_rows(tmp, len(paths), size)
+            stamps, reasons = _decode_into(rows, paths, size, workers, on_progress)
+            decoded = rows, reasons
+            rows.flush()
+        failed = [[index, reason] for index, reason in sorted(reasons.items())]
+        atomic_write_bytes(entry.with_suffix(".json"), json.dumps({"stamp": _stamp(stamps), "failed": failed}).encode())
+        decoded = np.load(entry.with_suffix(".npy"), mmap_mode="c"), reasons  # copy-on-write: no later write reaches the cache
     except OSError as err:
         log.warning("decoded images not cached in %s (%s); the next run decodes them again", entry.parent, err)
+        if decoded is None:  # the cache file could not be made: decode in memory
+            return decode_all(paths, size, workers, on_progress)
+    rows, reasons = decoded
+    return _result(rows, paths, reasons)
 
 
 def decode_cached(paths: Sequence[Path], size: int, cache_dir: Path | None, workers: int | None = None,
@@ -184,18 +222,16 @@ def decode_cached(paths: Sequence[Path], size: int, cache_dir: Path | None, work
     is usually default_cache_dir(), and None decodes without the cache."""
     if cache_dir is None:
         return decode_all(paths, size, workers, on_progress)
-    entry = _entry(cache_dir, paths, size)
+    entry = _slot(cache_dir, paths, size)
     try:
         decoded = _load(entry, paths, size)
     except FileNotFoundError:
-        pass
+        decoded = None
     except DAMAGED as err:
         log.warning("ignoring unreadable decode cache %s (%s: %s); decoding again", entry, type(err).__name__, err)
-    else:
-        _warn_skipped(decoded.failed)
-        if on_progress is not None:
-            on_progress(len(paths))
-        return decoded
-    decoded = decode_all(paths, size, workers, on_progress)
-    _store(entry, decoded)
+        decoded = None
+    if decoded is None:
+        return _decode_and_store(entry, paths, size, workers, on_progress)
+    if on_progress is not None:
+        on_progress(len(paths))
     return decoded
