@@ -64,7 +64,7 @@ def test_unreadable_files_are_still_reported_and_warned_about_on_a_cache_hit(pho
     with caplog.at_level(logging.WARNING):
         second = decode_cached(photos, 16, cache_dir)
 
-    assert second.cached is not None
+    assert second.cached is not None and isinstance(second.pixels, np.memmap)  # mapped, not copied into memory
     assert second.failed == first.failed and [p for p, _ in second.failed] == [photos[2]]
     assert "not an image" in second.failed[0][1]
     assert f"skipped unreadable image {photos[2]}" in caplog.text

@@ -6,7 +6,7 @@ the array on disk (`decode_cached`) lets every later run on the same files skip 
 
 The disk cache lives in $IMGCLS_CACHE_DIR, else $XDG_CACHE_HOME/imgcls/decoded, else
 ~/.cache/imgcls/decoded; `IMGCLS_CACHE_DIR=off` (or `cache_dir=None`) turns it off. An entry is
-SLOT.npy (one row of pixels per file, zeros for unreadable ones) and SLOT.json (the files' stamp, and
+SLOT.npy (the pixels of the readable files) and SLOT.json (the files' stamp, and
 which failed and why). SLOT names the list of paths, the image size, DECODE_VERSION and Pillow's version;
 the stamp hashes the byte size and mtime_ns of every file, so an edited file decodes again and replaces
 the entry. Nothing is written beside the images; a cache that cannot be written or read costs a warning
@@ -137,13 +137,17 @@ def _decode_into(rows: np.ndarray, paths: Sequence[Path], size: int, workers: in
     return stamps, reasons
 
 
-def _result(rows: np.ndarray, paths: Sequence[Path], reasons: dict[int, str], cached: Path | None = None) -> DecodedImages:
+def _warn_skipped(failed: list[tuple[Path, str]]) -> None:
+    for path, reason in failed:
+        log.warning("skipped unreadable image %s: %s", path, reason)
+
+
+def _result(rows: np.ndarray, paths: Sequence[Path], reasons: dict[int, str]) -> DecodedImages:
     """The readable rows (a copy only when some file failed), with the failures warned about."""
     kept = [index for index in range(len(paths)) if index not in reasons]
     failed = [(Path(paths[index]), reason) for index, reason in sorted(reasons.items())]
-    for path, reason in failed:
-        log.warning("skipped unreadable image %s: %s", path, reason)
-    return DecodedImages(rows[kept] if failed else rows, kept, failed, cached)
+    _warn_skipped(failed)
+    return DecodedImages(rows[kept] if failed else rows, kept, failed)
 
 
 def decode_all(paths: Sequence[Path], size: int, workers: int | None = None,
@@ -174,10 +178,13 @@ def _load(entry: Path, paths: Sequence[Path], size: int) -> DecodedImages | None
     if meta["stamp"] != _stamp([_file_stamp(path) for path in paths]):
         return None
     reasons = {int(index): str(reason) for index, reason in meta["failed"]}
+    kept = [index for index in range(len(paths)) if index not in reasons]
     pixels = np.load(entry.with_suffix(".npy"), mmap_mode="c")  # allow_pickle stays False: no code runs
-    if not set(reasons) <= set(range(len(paths))) or pixels.dtype != np.uint8 or pixels.shape != (len(paths), size, size, 3):
-        raise ValueError(f"holds {pixels.dtype} {pixels.shape} for {len(paths)} images at {size} px")
-    return _result(pixels, paths, reasons, entry.with_suffix(".npy"))
+    if len(kept) + len(reasons) != len(paths) or pixels.dtype != np.uint8 or pixels.shape != (len(kept), size, size, 3):
+        raise ValueError(f"holds {pixels.dtype} {pixels.shape} for {len(kept)} of {len(paths)} images at {size} px")
+    failed = [(Path(paths[index]), reason) for index, reason in sorted(reasons.items())]
+    _warn_skipped(failed)
+    return DecodedImages(pixels, kept, failed, entry.with_suffix(".npy"))
 
 
 def _reserved_rows(path: Path, count: int, size: int) -> np.ndarray:
@@ -203,17 +210,21 @@ def _decode_and_store(entry: Path, paths: Sequence[Path], size: int, workers: in
         with atomic_path(entry.with_suffix(".npy")) as tmp:
             rows = _reserved_rows(tmp, len(paths), size)
             stamps, reasons = _decode_into(rows, paths, size, workers, on_progress)
-            decoded = rows, reasons
-            rows.flush()
+            decoded = _result(rows, paths, reasons)
+            if decoded.failed:  # keep the readable rows only, so that a hit maps the file without copying it
+                with open(tmp, "wb") as handle:
+                    np.save(handle, decoded.pixels)
+            else:
+                rows.flush()
         failed = [[index, reason] for index, reason in sorted(reasons.items())]
         atomic_write_bytes(entry.with_suffix(".json"), json.dumps({"stamp": _stamp(stamps), "failed": failed}).encode())
-        decoded = np.load(entry.with_suffix(".npy"), mmap_mode="c"), reasons  # copy-on-write: no later write reaches the cache
+        # mapped copy-on-write, as a hit is: no later write to the array reaches the cache
+        decoded.pixels = np.load(entry.with_suffix(".npy"), mmap_mode="c")
     except OSError as err:
         log.warning("decoded images not cached in %s (%s); the next run decodes them again", entry.parent, err)
         if decoded is None:  # the cache file could not be made: decode in memory
             return decode_all(paths, size, workers, on_progress)
-    rows, reasons = decoded
-    return _result(rows, paths, reasons)
+    return decoded
 
 
 def decode_cached(paths: Sequence[Path], size: int, cache_dir: Path | None, workers: int | None = None,
