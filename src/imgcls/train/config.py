@@ -21,7 +21,7 @@ RECIPES = {
     # on 2 CPU cores it trains faster per image than 1024 and gains from twice the steps): a whitened
     # first layer, shift-only BatchNorm trained 64x faster, Nesterov SGD on a short triangular schedule,
     # heavy label smoothing, Lookahead, alternating flips, and flip-and-shift TTA. 11 epochs: CIFAR-10 in
-    # under 9 minutes on 2 cores (bench/cifar10.py).
+    # under 10 minutes on 2 cores (bench/cifar10.py).
     "speedrun": dict(model="speedrun-cnn", epochs=11, batch_size=512, optimizer="sgd", lr=0.75, momentum=0.85,
                      weight_decay=1.33e-3, norm_lr_scale=64, schedule="triangular", warmup_fraction=0.23,
                      label_smoothing=0.2, lookahead=True, augment="speedrun", early_stopping=0, tta="flip-shift"),
