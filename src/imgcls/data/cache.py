@@ -137,16 +137,18 @@ def _decode_into(rows: np.ndarray, paths: Sequence[Path], size: int, workers: in
     return stamps, reasons
 
 
-def _warn_skipped(failed: list[tuple[Path, str]]) -> None:
+def _kept_and_failed(paths: Sequence[Path], reasons: dict[int, str]) -> tuple[list[int], list[tuple[Path, str]]]:
+    """The readable files' indices, and the unreadable ones with their reasons, warned about."""
+    kept = [index for index in range(len(paths)) if index not in reasons]
+    failed = [(Path(paths[index]), reason) for index, reason in sorted(reasons.items())]
     for path, reason in failed:
         log.warning("skipped unreadable image %s: %s", path, reason)
+    return kept, failed
 
 
 def _result(rows: np.ndarray, paths: Sequence[Path], reasons: dict[int, str]) -> DecodedImages:
-    """The readable rows (a copy only when some file failed), with the failures warned about."""
-    kept = [index for index in range(len(paths)) if index not in reasons]
-    failed = [(Path(paths[index]), reason) for index, reason in sorted(reasons.items())]
-    _warn_skipped(failed)
+    """The readable rows of a row per file (a copy only when some file failed)."""
+    kept, failed = _kept_and_failed(paths, reasons)
     return DecodedImages(rows[kept] if failed else rows, kept, failed)
 
 
@@ -178,12 +180,11 @@ def _load(entry: Path, paths: Sequence[Path], size: int) -> DecodedImages | None
     if meta["stamp"] != _stamp([_file_stamp(path) for path in paths]):
         return None
     reasons = {int(index): str(reason) for index, reason in meta["failed"]}
-    kept = [index for index in range(len(paths)) if index not in reasons]
     pixels = np.load(entry.with_suffix(".npy"), mmap_mode="c")  # allow_pickle stays False: no code runs
-    if len(kept) + len(reasons) != len(paths) or pixels.dtype != np.uint8 or pixels.shape != (len(kept), size, size, 3):
-        raise ValueError(f"holds {pixels.dtype} {pixels.shape} for {len(kept)} of {len(paths)} images at {size} px")
-    failed = [(Path(paths[index]), reason) for index, reason in sorted(reasons.items())]
-    _warn_skipped(failed)
+    readable = len(paths) - len(reasons)
+    if not set(reasons) <= set(range(len(paths))) or pixels.dtype != np.uint8 or pixels.shape != (readable, size, size, 3):
+        raise ValueError(f"holds {pixels.dtype} {pixels.shape} for {readable} of {len(paths)} images at {size} px")
+    kept, failed = _kept_and_failed(paths, reasons)  # the file holds the readable rows only
     return DecodedImages(pixels, kept, failed, entry.with_suffix(".npy"))
 
 
