@@ -109,6 +109,8 @@ class Trainer:
         # EMA of weights (Polyak averaging): validated, checkpointed for early stopping, and saved in place of the raw weights.
         # Compiled once; parameters are shared, so checkpoints and EMA see the plain module.
         self.step_model = torch.compile(model) if config.compile else model
+        if device.type == "cuda":  # training batches keep one shape: let cuDNN time its kernels once and keep the fastest
+            torch.backends.cudnn.benchmark = True
         self.ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True)
                     if config.ema else None)
 
