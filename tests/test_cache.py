@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgcls.data.cache import decode_all, decode_cached, default_cache_dir
+from imgcls.data.cache import _slot, decode_all, decode_cached, default_cache_dir
 from imgcls.data.folders import discover
 from imgcls.train.run import _decode_split
 
@@ -219,3 +219,49 @@ def test_worker_processes_resize_after_the_parent_ran_parallel_torch_code(photos
 
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "(100, 256, 256, 3)"
+
+
+def _entries(cache_dir: Path) -> set[str]:
+    return {p.name.split(".")[0] for p in cache_dir.iterdir() if not p.name.startswith(".")}
+
+
+def _age(cache_dir: Path, slot: str, seconds_ago: float) -> None:
+    for file in cache_dir.glob(f"{slot}.*"):
+        stamp = file.stat().st_mtime - seconds_ago
+        os.utime(file, (stamp, stamp))
+
+
+def test_over_its_budget_the_cache_drops_the_least_recently_used_entries(photos, cache_dir, monkeypatch):
+    """Entries at 16, 24 and 32 px; a hit on the oldest makes the middle one the least recently used,
+    and with a budget that holds exactly those three, writing a fourth drops only that one."""
+    for age, size in ((300, 16), (200, 24), (100, 32)):
+        decode_cached(photos, size, cache_dir)
+        _age(cache_dir, _slot(cache_dir, photos, size).name, age)
+    decode_cached(photos, 16, cache_dir)  # a hit: a use
+    sizes = {size: sum(f.stat().st_size for f in cache_dir.glob(_slot(cache_dir, photos, size).name + ".*"))
+             for size in (16, 24, 32)}
+    monkeypatch.setenv("IMGCLS_CACHE_MAX_GB", str(sum(sizes.values()) / 1e9))
+    in_progress = cache_dir / ".another-run.npy.0123.tmp"
+    in_progress.write_bytes(bytes(10_000))
+
+    decode_cached(photos, 12, cache_dir)
+
+    assert _entries(cache_dir) == {_slot(cache_dir, photos, size).name for size in (12, 16, 32)}
+    assert in_progress.exists()
+    assert decode_cached(photos, 16, cache_dir).cached is not None
+
+
+def test_an_entry_larger_than_the_budget_is_still_kept_and_used(photos, cache_dir, monkeypatch):
+    monkeypatch.setenv("IMGCLS_CACHE_MAX_GB", "0")
+    decode_cached(photos, 16, cache_dir)
+    decode_cached(photos, 24, cache_dir)
+    assert _entries(cache_dir) == {_slot(cache_dir, photos, 24).name}
+    assert decode_cached(photos, 24, cache_dir).cached is not None
+
+
+def test_a_budget_that_is_not_a_number_is_a_warning_and_the_default(photos, cache_dir, monkeypatch, caplog):
+    monkeypatch.setenv("IMGCLS_CACHE_MAX_GB", "lots")
+    decode_cached(photos, 16, cache_dir)
+    decode_cached(photos, 24, cache_dir)
+    assert "IMGCLS_CACHE_MAX_GB='lots' is not a number of gigabytes; using 20" in caplog.text
+    assert len(_entries(cache_dir)) == 2
