@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from imgcls.data.augment import AUGMENT_PRESETS, CROP_SOURCE_BYTES, Augment, build_augment, crop_source_size
+from imgcls.data.augment import AUGMENT_PRESETS, Augment, build_augment
 from imgcls.errors import ImgclsError
 
 NUM_CLASSES = 5
@@ -38,38 +38,6 @@ def test_every_preset_keeps_shape_dtype_range_and_one_hot_mass(preset, size, dty
         assert out.min() >= 0 and out.max() <= 1
         assert out_targets.shape == targets.shape
         torch.testing.assert_close(out_targets.sum(1), torch.ones(len(targets)))
-
-
-@pytest.mark.parametrize("preset", ["standard", "strong"])
-def test_crops_cut_from_a_larger_decode_come_out_at_the_model_size_with_the_detail_kept(preset):
-    """Stripes 3 px wide on a 128 px decode: crops of it keep their contrast, while the same crops of a
-    64 px copy (the stripes blurred to 1.5 px, then enlarged) lose half of it."""
-    stripes = torch.arange(128).remainder(6).lt(3).float().expand(8, 3, 128, 128).clone()
-    shrunk = torch.nn.functional.interpolate(stripes, size=(64, 64), mode="bilinear", antialias=True)
-    targets = torch.nn.functional.one_hot(torch.arange(8) % NUM_CLASSES, NUM_CLASSES).float()
-    augment = build_augment(preset, 64, NUM_CLASSES)
-    from_large, _ = augment(stripes, targets, torch.Generator().manual_seed(0))
-    from_small, _ = augment(shrunk, targets, torch.Generator().manual_seed(0))
-    assert from_large.shape == from_small.shape == (8, 3, 64, 64)
-    assert from_large.std() > 1.4 * from_small.std()
-
-
-@pytest.mark.parametrize("img_size, side, images, expected", [
-    (128, 224, 9469, 224),  # Imagenette: the smallest crop (35% of the area) keeps 128 px across
-    (128, 1000, 500, 224),  # large photos: no larger than that needs
-    (64, 1000, 500, 112),
-    (128, 160, 500, 160),  # no larger than the photos themselves
-    (128, 100, 500, 128),  # photos smaller than the input: decoded at the input size, as always
-])
-def test_crop_source_size_keeps_the_smallest_crop_at_full_resolution_within_the_photos(img_size, side, images, expected):
-    assert crop_source_size(img_size, side, images) == expected
-
-
-def test_crop_source_size_stays_within_its_memory_budget():
-    images = 50_000
-    size = crop_source_size(128, 4000, images)
-    assert 128 < size < 224 and images * size * size * 3 <= CROP_SOURCE_BYTES
-    assert crop_source_size(128, 4000, 10_000_000) == 128  # never below the model's input
 
 
 def test_strong_keeps_multi_hot_targets_in_unit_interval():

@@ -187,31 +187,6 @@ def test_automatic_image_size_is_the_designed_size_unless_the_images_are_smaller
     assert auto_img_size("cnn-bn", samples) == expected
 
 
-def test_crops_are_cut_from_larger_decodes_and_batchnorm_sees_the_model_size(tmp_path, caplog, monkeypatch):
-    """96 px photos trained at 64 px with crops: decoded at 96 px for training, at 64 px for validation,
-    and the BatchNorm statistics are taken on 64 px images, the size the saved model is evaluated at."""
-    import logging
-
-    import imgcls.train.loop as loop
-    from imgcls.data.digits import write_digits_folder
-
-    data = write_digits_folder(tmp_path / "data", per_class=8, size=96)
-    sizes = []
-    original = loop.recompute_batchnorm
-
-    def recording(model, batches, precision="fp32", max_images=loop.PRECISE_BN_IMAGES, size=None):
-        model.register_forward_pre_hook(lambda module, args: sizes.append(args[0].shape[-1]))
-        return original(model, batches, precision, max_images, size)
-
-    monkeypatch.setattr(loop, "recompute_batchnorm", recording)
-    with caplog.at_level(logging.INFO, logger="imgcls"):
-        result = train(data, tmp_path / "run", TrainConfig(model="cnn-bn", img_size=64, epochs=1, batch_size=16,
-                                                           augment="standard", early_stopping=0, report=False), progress=False)
-    assert "training crops are cut from 96 px decodes of the images, then scaled to 64 px" in caplog.text
-    assert sizes and set(sizes) == {64}
-    assert json.loads((result.bundle_dir / "config.json").read_text())["img_size"] == 64
-
-
 def test_photos_shrunk_far_below_their_size_are_flagged(tmp_path, caplog):
     from PIL import Image
 

@@ -13,9 +13,7 @@ Presets:
   (https://blog.keras.io/building-powerful-image-classification-models-using-very-little-data.html).
 - standard: flip plus the Inception random-resized crop (https://arxiv.org/abs/1409.4842) and
   mild colour jitter; on small images, the pad-and-crop shift of ResNet's CIFAR runs
-  (https://arxiv.org/abs/1512.03385). The crops are cut from training images decoded larger than
-  the model's input where the photos allow (`crop_source_size`), so a crop of a third of the image
-  keeps its detail instead of being an enlarged blur of an already shrunk copy.
+  (https://arxiv.org/abs/1512.03385).
 - strong: standard plus one TrivialAugment op per sample (https://arxiv.org/abs/2103.10158) and
   mixup (https://arxiv.org/abs/1710.09412) or CutMix (https://arxiv.org/abs/1905.04899) per batch.
 - speedrun: the CIFAR-10 speed-run augmentation (Jordan 2024, https://arxiv.org/abs/2404.00498):
@@ -49,7 +47,6 @@ JITTER = 0.2  # brightness, contrast and saturation factors in 1 +- 0.2
 SMALL_SHIFT = 1 / 8  # of the side: 4 px on 32 px images, the classic pad-4-and-crop
 SPEEDRUN_SHIFT = 1 / 16  # 2 px on 32 px images: enough for a 10-epoch run, which underfits rather than overfits
 MIXUP_ALPHA, CUTMIX_ALPHA = 0.2, 1.0
-CROP_SOURCE_BYTES = 4 << 30  # the larger decode of the training images stays within this (it is read every epoch)
 
 # TrivialAugment-Wide's ops and ranges (reached at magnitude 1). Equalize is left out: a
 # per-image histogram has no clean batched form.
@@ -234,7 +231,6 @@ class Augment:
     mix: bool = False  # mixup or CutMix per batch
     padding: str = "reflection"  # grid_sample's fill for pixels pulled from outside the image
     alternating_flip: bool = False  # mirror each image in every other epoch; done by Batches, which knows the rows
-    out_size: int | None = None  # output side, for crops cut from larger decodes (needs crop); None: the inputs' size
 
     def __call__(self, images: torch.Tensor, targets: torch.Tensor,
                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -251,8 +247,7 @@ class Augment:
             magnitude = _uniform(generator, n, 0, 1) * _signs(generator, n)  # signed, in [-1, 1]
         if moves:
             theta = self._geometry(generator, n, height, width, ops, magnitude)
-            out_height, out_width = (self.out_size, self.out_size) if self.out_size else (height, width)
-            grid = F.affine_grid(theta[:, :2].to(x.device), [n, x.shape[1], out_height, out_width], align_corners=False)
+            grid = F.affine_grid(theta[:, :2].to(x.device), list(x.shape), align_corners=False)
             x = F.grid_sample(x, grid, padding_mode=self.padding, align_corners=False)
         if self.jitter:
             bright, contrast, saturation = (
@@ -280,19 +275,9 @@ class Augment:
         return matrix
 
 
-def crop_source_size(img_size: int, image_side: int, images: int) -> int:
-    """The side to decode training images at for random-resized crops: large enough that the smallest
-    crop (CROP_AREA[0] of the image) still spans img_size pixels, but no larger than the images themselves
-    nor than CROP_SOURCE_BYTES for all of them; img_size when nothing is gained."""
-    wanted = math.ceil(img_size / math.sqrt(CROP_AREA[0]) / 8) * 8  # a multiple of 8, as image sizes go
-    affordable = math.isqrt(CROP_SOURCE_BYTES // (3 * max(1, images)))
-    return max(img_size, min(wanted, image_side, affordable))
-
-
 def build_augment(preset: str, img_size: int, num_classes: int, multi_label: bool = False) -> Augment:
-    """The augmentation for a preset name; presets that crop (see `crops`) take inputs of any size and
-    return img_size ones. multi_label changes nothing: mixing multi-hot targets by the same convex
-    combination keeps them in [0, 1]."""
+    """The augmentation for a preset name. multi_label changes nothing: mixing multi-hot targets
+    by the same convex combination keeps them in [0, 1]."""
     if preset not in AUGMENT_PRESETS:
         raise ImgclsError(f"unknown augmentation {preset!r}; choose one of {', '.join(AUGMENT_PRESETS)}"
                           + did_you_mean(preset, AUGMENT_PRESETS))
@@ -306,13 +291,8 @@ def build_augment(preset: str, img_size: int, num_classes: int, multi_label: boo
         # Keras 1, the tutorial's era, read shear_range in radians: sin(0.2) ~ a 0.2 shear factor.
         # Its fill_mode="nearest" is grid_sample's "border".
         return Augment(num_classes, flip=True, zoom=0.2, shear=0.2, padding="border")
-    if not crops(preset, img_size):
+    if img_size < SMALL_IMAGE_PX:
         standard = dict(flip=True, shift=SMALL_SHIFT)
     else:
-        standard = dict(flip=True, crop=True, jitter=JITTER, out_size=img_size)
+        standard = dict(flip=True, crop=True, jitter=JITTER)
     return Augment(num_classes, **standard, trivial=preset == "strong", mix=preset == "strong")
-
-
-def crops(preset: str, img_size: int) -> bool:
-    """Whether the preset cuts random-resized crops at this size, and so gains from a larger decode."""
-    return preset in ("standard", "strong") and img_size >= SMALL_IMAGE_PX

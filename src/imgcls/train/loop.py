@@ -9,7 +9,6 @@ import time
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
@@ -70,12 +69,10 @@ PRECISE_BN_IMAGES = 2048  # enough for stable statistics (Wu & Johnson 2021 use 
 
 @torch.no_grad()
 def recompute_batchnorm(model: nn.Module, batches: Batches, precision: str = "fp32",
-                        max_images: int = PRECISE_BN_IMAGES, size: int | None = None) -> None:
+                        max_images: int = PRECISE_BN_IMAGES) -> None:
     """Replace BatchNorm running statistics by exact averages over training images ("precise BN",
     https://arxiv.org/abs/2105.07576). Running averages lag behind fast-changing weights: on a few
-    hundred images they leave evaluation at chance while batch statistics give a good model.
-    Images decoded larger than the model's input (to crop from) are shrunk to `size` first, as
-    the images it is evaluated on are."""
+    hundred images they leave evaluation at chance while batch statistics give a good model."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
              and not is_frozen_batchnorm(m)]  # frozen layers keep pretrained statistics
     if not norms:
@@ -87,8 +84,6 @@ def recompute_batchnorm(model: nn.Module, batches: Batches, precision: str = "fp
     was_training, seen = model.training, 0
     model.train()
     for images, _ in batches:
-        if size is not None and images.shape[-2:] != (size, size):
-            images = F.interpolate(images, size=(size, size), mode="bilinear", antialias=True)
         with autocast(images.device, precision):
             model(images)
         seen += len(images)
@@ -125,7 +120,7 @@ class Trainer:
         while self.epoch < self.config.epochs and not self.stop_training:
             logs = self.train_epoch()
             self.epoch += 1
-            recompute_batchnorm(self.eval_model, self.train_batches, self.config.precision, size=self.augment.out_size)
+            recompute_batchnorm(self.eval_model, self.train_batches, self.config.precision)
             logs.update(self.validate(), epoch=self.epoch)
             self.schedule.end_epoch(logs["val_loss"])
             self.history.append(logs)
@@ -136,7 +131,7 @@ class Trainer:
         for callback in self.callbacks:
             callback.on_train_end(self)
         # The final weights may be an average or an earlier epoch's (EMA, Lookahead, early stopping): their own statistics.
-        recompute_batchnorm(self.model, self.train_batches, self.config.precision, size=self.augment.out_size)
+        recompute_batchnorm(self.model, self.train_batches, self.config.precision)
         return self.history
 
     @property

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from ..data.audit import find_leakage
-from ..data.augment import build_augment, crop_source_size, crops
+from ..data.augment import build_augment
 from ..data.cache import decode_cached, default_cache_dir
 from ..data.folders import LabelledImages, Sample, discover, multi_hot
 from ..data.loader import Batches, to_model_input
@@ -55,8 +55,8 @@ class TrainResult:
     skipped: list[dict]
 
 
-def _median_side(samples: list[Sample]) -> int | None:
-    """The images' median short side, from the headers of SIZE_SAMPLE of them; None if none can be read."""
+def auto_img_size(model: str, samples: list[Sample]) -> int:
+    """The model's design size, or the images' median short side when smaller (no upscaling of CIFAR)."""
     step = max(1, len(samples) // SIZE_SAMPLE)
     sides = []
     for sample in samples[::step]:
@@ -65,12 +65,7 @@ def _median_side(samples: list[Sample]) -> int | None:
                 sides.append(min(image.size))
         except OSError:
             continue
-    return int(statistics.median(sides)) if sides else None
-
-
-def auto_img_size(model: str, samples: list[Sample]) -> int:
-    """The model's design size, or the images' median short side when smaller (no upscaling of CIFAR)."""
-    median = _median_side(samples) or default_img_size(model)
+    median = int(statistics.median(sides)) if sides else default_img_size(model)
     size = max(MIN_AUTO_IMG_SIZE, min(default_img_size(model), -(-median // 8) * 8))
     if size < THUMBNAIL_PX and median >= SHRINK_WARNING * size:
         log.warning("the images are about %d px but %s is designed for %d px, so they are shrunk %dx; "
@@ -85,16 +80,6 @@ class DecodedSplit:
     samples: list[Sample]  # the readable ones, row for row
     targets: torch.Tensor  # (N, num_classes) one-hot or multi-hot
     failed: list[tuple[Path, str]]
-
-
-def _train_decode_size(augment: str, img_size: int, samples: list[Sample]) -> int:
-    """Training images are decoded larger than the model's input when the augmentation crops from them."""
-    if not crops(augment, img_size):
-        return img_size
-    size = crop_source_size(img_size, _median_side(samples) or img_size, len(samples))
-    if size > img_size:
-        log.info("training crops are cut from %d px decodes of the images, then scaled to %d px", size, img_size)
-    return size
 
 
 def _decode_split(samples: list[Sample], size: int, num_classes: int, workers: int | None, desc: str) -> DecodedSplit:
@@ -168,7 +153,7 @@ def _make_trainer(model: Classifier, config: TrainConfig, train_set: DecodedSpli
                   run_dir: Path, device: torch.device, progress: bool) -> Trainer:
     """The trainer for the mode: the whole network, or only its head on features computed once
     (frozen backbone, no augmentation: every epoch after the first costs a few matrix products)."""
-    mode, num_classes, img_size = config.resolved_mode(), train_set.targets.shape[1], val_set.pixels.shape[1]
+    mode, num_classes, img_size = config.resolved_mode(), train_set.targets.shape[1], train_set.pixels.shape[1]
     weights = _class_weights(train_set.targets, config.multi_label).to(device) if config.class_weights else None
     callbacks = ([ProgressBar()] if progress else []) + ([Lookahead()] if config.lookahead else []) + [
         EpochLog(), EarlyStopping(config.early_stopping), HistoryCSV(run_dir), Checkpoint(run_dir)]
@@ -235,8 +220,7 @@ def train(data_dir: str | Path | None, run_dir: str | Path, config: TrainConfig 
     log.info("%d classes, %s images; model %s at %d px on %s (%s)", len(dataset.classes),
              {k: len(v) for k, v in dataset.splits.items()}, config.model, img_size, device, config.resolved_mode())
     num_classes = len(dataset.classes)
-    train_size = _train_decode_size(config.augment, img_size, dataset.splits["train"])
-    train_set = _decode_split(dataset.splits["train"], train_size, num_classes, config.workers, "train")
+    train_set = _decode_split(dataset.splits["train"], img_size, num_classes, config.workers, "train")
     val_set = _decode_split(dataset.splits["validation"], img_size, num_classes, config.workers, "validation")
     _warn_about_batch_size(len(train_set.samples), config.batch_size)
     model = _build_model(config, num_classes, img_size, source)
