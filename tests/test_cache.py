@@ -265,3 +265,36 @@ def test_a_budget_that_is_not_a_number_is_a_warning_and_the_default(photos, cach
     decode_cached(photos, 24, cache_dir)
     assert "IMGCLS_CACHE_MAX_GB='lots' is not a number of gigabytes; using 20" in caplog.text
     assert len(_entries(cache_dir)) == 2
+
+
+def _refuse_to_decode(*args, **kwargs):
+    raise AssertionError("decoded an image that the cache holds")
+
+
+def test_evaluation_and_look_alikes_after_training_map_the_images_training_decoded(digits_dir, cache_dir, tmp_path,
+                                                                                   monkeypatch):
+    from imgcls.evaluate.evaluation import evaluate
+    from imgcls.explain.similar import load_index
+    from imgcls.predict.predictor import Predictor
+    from imgcls.train.config import TrainConfig
+    from imgcls.train.run import train
+
+    from conftest import FAST_CONFIG
+
+    result = train(digits_dir, tmp_path / "run", TrainConfig(**{**FAST_CONFIG, "epochs": 1}), progress=False)
+    monkeypatch.setattr("imgcls.data.cache.decode_image", _refuse_to_decode)
+
+    metrics, _ = evaluate(result.bundle_dir, digits_dir, split="validation")
+    embeddings, meta = load_index(Predictor.load(result.bundle_dir), result.bundle_dir)
+    assert metrics["macro_avg"]["support"] == len(list((digits_dir / "validation").rglob("*.png")))
+    assert len(embeddings) == len(meta["paths"]) == len(list((digits_dir / "train").rglob("*.png")))
+
+
+def test_predicting_a_folder_again_maps_the_first_decode(trained_run, digits_dir, cache_dir, monkeypatch):
+    from imgcls.predict.predictor import Predictor
+
+    paths = sorted((digits_dir / "predict").iterdir())
+    predictor = Predictor.load(trained_run.bundle_dir)
+    first = predictor.predict(paths)
+    monkeypatch.setattr("imgcls.data.cache.decode_image", _refuse_to_decode)
+    assert predictor.predict(paths) == first

@@ -1,8 +1,10 @@
-"""Decode every image once into one uint8 array at the training size, and keep it on disk for the next run.
+"""Decode every image once into one uint8 array at the model's size, and keep it on disk for the next run.
 
 Decoding JPEGs dominates the cost of small-model training on a CPU; doing it once instead of
 once per epoch is the single largest speed-up for a 50-epoch run on scraped photos, and keeping
-the array on disk (`decode_cached`) lets every later run on the same files skip it altogether.
+the array on disk (`decode_cached`) lets every later run on the same files skip it altogether:
+evaluation, look-alikes and folder prediction read the same entries, so after training, evaluating
+its validation images or indexing its training images decodes nothing.
 
 The disk cache lives in $IMGCLS_CACHE_DIR, else $XDG_CACHE_HOME/imgcls/decoded, else
 ~/.cache/imgcls/decoded; `IMGCLS_CACHE_DIR=off` (or `cache_dir=None`) turns it off. An entry is

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.cache import decode_all
+from ..data.cache import decode_cached, default_cache_dir
 from ..data.folders import Sample, find_evaluation_images, multi_hot
 from ..fileio import atomic_write_bytes
 from ..models.bundle import BundleConfig, find_bundle
@@ -74,7 +74,7 @@ def evaluate(bundle: str | Path, data_dir: str | Path, out_dir: str | Path | Non
 
     predictor = Predictor.load(bundle, device=device, tta=tta)
     samples = find_evaluation_images(data_dir, predictor.classes, split, predictor.config.multi_label, labels_csv)
-    decoded = decode_all([s.path for s in samples], predictor.config.img_size)
+    decoded = decode_cached([s.path for s in samples], predictor.config.img_size, default_cache_dir())
     samples = [samples[i] for i in decoded.kept]
     bundle_dir = find_bundle(bundle)
     # Not RUN_DIR/evaluation: that holds the validation results written by training.

@@ -7,7 +7,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from ..data.cache import decode_all
+from ..data.cache import decode_cached, default_cache_dir
 from ..data.images import ImageSource, UnreadableImage, decode_image
 from ..data.loader import to_model_input
 from ..errors import UsageError
@@ -88,7 +88,7 @@ class Predictor:
     def _decode(self, images: list) -> tuple[np.ndarray, list[str | None]]:
         size = self.config.img_size
         if all(isinstance(image, (str, Path)) for image in images):
-            decoded = decode_all([Path(p) for p in images], size)
+            decoded = decode_cached([Path(p) for p in images], size, default_cache_dir())
             errors: list[str | None] = [None] * len(images)
             failed_indices = sorted(set(range(len(images))) - set(decoded.kept))
             for index, (_, reason) in zip(failed_indices, decoded.failed):
