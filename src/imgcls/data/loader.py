@@ -46,10 +46,11 @@ class Batches:
     def __iter__(self):
         n = len(self.targets)
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        order = order.to(self.inputs.device)  # one copy per epoch: on a GPU, batches are then cut without host transfers
         # Drop a last batch of one image when shuffling: BatchNorm cannot train on it.
         stop = n - 1 if self.shuffle and n % self.batch_size == 1 and n > 1 else n
         for start in range(0, stop, self.batch_size):
-            index = order[start: start + self.batch_size].to(self.inputs.device, non_blocking=True)
+            index = order[start: start + self.batch_size]
             rows = self.inputs[index]
             if self.flip_parity is not None:
                 mirrored = (self.flip_parity[index] ^ bool(self.epoch % 2)).view(-1, *[1] * (rows.ndim - 1))
