@@ -46,6 +46,8 @@ def main() -> None:
     data = dataset("cifar10-jpg.tar.gz", "cifar10")
     options = {k: v for k, v in (("model", args.model), ("epochs", args.epochs), ("batch_size", args.batch_size),
                                  ("optimizer", args.optimizer)) if v is not None}
+    device = resolve_device(args.device)
+    on_gpu = device.type == "cuda"
     rows = []
     for seed in args.seeds:
         settings = dict(options, val_split=0.1, seed=seed, early_stopping=0, report=False, device=args.device,
@@ -54,13 +56,12 @@ def main() -> None:
         start = time.perf_counter()
         result = train(data, f"{args.out}/{args.recipe}-seed{seed}", config, progress=sys.stderr.isatty())
         trained = time.perf_counter() - start
-        metrics, _ = evaluate(result.bundle_dir, data, split="test")
+        metrics, _ = evaluate(result.bundle_dir, data, split="test", device=str(device))
         epoch_seconds = [h["seconds"] for h in result.history]
         row = {"recipe": args.recipe, "model": config.model, "seed": seed, "epochs": config.epochs,
                "test_accuracy": round(metrics["accuracy"], 4), "train_wall_s": round(trained, 1),
                "epochs_s": round(sum(epoch_seconds), 2), "s_per_epoch": round(sum(epoch_seconds) / len(epoch_seconds), 2),
                "eval_wall_s": round(time.perf_counter() - start - trained, 1)}
-        on_gpu = resolve_device(args.device).type == "cuda"
         if (args.compile or on_gpu) and len(epoch_seconds) > 1:
             warmup = max(0.0, epoch_seconds[0] - statistics.median(epoch_seconds[1:]))
             row.update(warmup_s=round(warmup, 2), train_s=round(sum(epoch_seconds) - warmup, 2))
