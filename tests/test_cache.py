@@ -291,10 +291,20 @@ def test_evaluation_and_look_alikes_after_training_map_the_images_training_decod
 
 
 def test_predicting_a_folder_again_maps_the_first_decode(trained_run, digits_dir, cache_dir, monkeypatch):
-    from imgcls.predict.predictor import Predictor
+    from imgcls.predict.predictor import CACHED_FROM_IMAGES, Predictor
 
-    paths = sorted((digits_dir / "predict").iterdir())
+    paths = sorted((digits_dir / "validation").rglob("*.png"))
+    assert len(paths) >= CACHED_FROM_IMAGES
     predictor = Predictor.load(trained_run.bundle_dir)
     first = predictor.predict(paths)
     monkeypatch.setattr("imgcls.data.cache.decode_image", _refuse_to_decode)
     assert predictor.predict(paths) == first
+
+
+def test_predicting_single_images_leaves_nothing_in_the_cache(trained_run, digits_dir, cache_dir):
+    from imgcls.predict.predictor import Predictor
+
+    predictor = Predictor.load(trained_run.bundle_dir)
+    for path in sorted((digits_dir / "predict").iterdir())[:3]:
+        assert predictor.predict([path])[0]["labels"]
+    assert not cache_dir.exists() or not any(cache_dir.iterdir())

@@ -16,6 +16,9 @@ from ..models.classifier import TTA_MODES, tta_logits
 from ..runtime import resolve_device
 
 UNKNOWN = "unknown"
+# From this many paths (a folder, likely predicted again) decoding goes through the disk cache; fewer, such
+# as one image per call in a loop, decode in memory rather than leave an entry per call.
+CACHED_FROM_IMAGES = 16
 ENGINES = ("torch", "onnx")  # onnx: the bundle's model.onnx (from `imgcls export`) run by onnxruntime
 
 
@@ -88,7 +91,8 @@ class Predictor:
     def _decode(self, images: list) -> tuple[np.ndarray, list[str | None]]:
         size = self.config.img_size
         if all(isinstance(image, (str, Path)) for image in images):
-            decoded = decode_cached([Path(p) for p in images], size, default_cache_dir())
+            cache_dir = default_cache_dir() if len(images) >= CACHED_FROM_IMAGES else None
+            decoded = decode_cached([Path(p) for p in images], size, cache_dir)
             errors: list[str | None] = [None] * len(images)
             failed_indices = sorted(set(range(len(images))) - set(decoded.kept))
             for index, (_, reason) in zip(failed_indices, decoded.failed):
