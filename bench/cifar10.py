@@ -50,7 +50,7 @@ def main() -> None:
     on_gpu = device.type == "cuda"
     rows = []
     for seed in args.seeds:
-        settings = dict(options, val_split=0.1, seed=seed, early_stopping=0, report=False, device=args.device,
+        settings = dict(options, val_split=0.1, seed=seed, early_stopping=0, report=False, device=str(device),
                         compile=args.compile)
         config = TrainConfig(**settings) if args.recipe == "none" else TrainConfig.from_recipe(args.recipe, **settings)
         start = time.perf_counter()
