@@ -1,7 +1,15 @@
-"""Shared fixtures: real digits written as image folders, and a trained tiny bundle."""
+"""Shared fixtures: real digits written as image folders, a trained tiny bundle, real ImageNet weights."""
 from __future__ import annotations
 
 import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+# Nothing is downloaded during tests: an empty, offline Hugging Face cache, set before huggingface_hub
+# reads its settings at import (a test that needs weights installs them with `with_imagenet_weights`).
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="imgcls-test-hf-home-")
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest
 import torch
@@ -29,6 +37,30 @@ def _decode_cache_in_a_temp_folder(tmp_path_factory):
         del os.environ["IMGCLS_CACHE_DIR"]
     else:
         os.environ["IMGCLS_CACHE_DIR"] = previous
+
+
+SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights"
+
+
+@pytest.fixture(scope="session")
+def imagenet_hf_home(tmp_path_factory):
+    """An offline Hugging Face cache holding real ImageNet weights for efficientnet_lite0 (shared/weights)."""
+    script = SHARED_WEIGHTS / "install-hf-cache.sh"
+    if not (SHARED_WEIGHTS / "efficientnet_lite0_in1k.safetensors").is_file() or not script.is_file():
+        pytest.skip(f"no pretrained weights at {SHARED_WEIGHTS}")
+    home = tmp_path_factory.mktemp("hf-home")
+    subprocess.run(["bash", str(script), str(home)], check=True, capture_output=True)
+    return home
+
+
+@pytest.fixture
+def with_imagenet_weights(imagenet_hf_home, monkeypatch):
+    """timm.create_model('efficientnet_lite0', pretrained=True) finds real weights, offline."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HOME", str(imagenet_hf_home))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(imagenet_hf_home / "hub"))  # read once at import
+    return imagenet_hf_home
 
 
 @pytest.fixture(scope="session")

@@ -20,9 +20,15 @@ log = logging.getLogger("imgcls")
 EPILOG_TRAIN = """examples:
   imgcls train data/                       # data/train/<class>/*, data/validation/<class>/*
   imgcls train photos/ --val-split 0.2     # photos/<class>/*, split here
-  imgcls train data/ --model seed-cnn --img-size 150 --augment seed --epochs 50
-  imgcls train data/ --model resnet18 --pretrained
-  imgcls train --resume runs/data          # continue an interrupted run"""
+  imgcls train data/ --time 10m            # as many epochs as end the whole run in 10 minutes
+  imgcls train data/ --freeze --augment none   # a linear probe on frozen ImageNet features: seconds
+  imgcls train data/ --model resnet50 --weights resnet50.safetensors   # your own starting weights
+  imgcls train data/ --no-pretrained --model seed-cnn --img-size 150 --augment seed --epochs 50
+  imgcls train --resume runs/data          # continue an interrupted run
+
+photos (images of 64 px or more) start from ImageNet weights: efficientnet_lite0 fine-tuned from a
+linear probe; thumbnails (CIFAR, MNIST) train cnn-bn from scratch. Without cached weights and no
+network, the run says so and trains from scratch."""
 
 EPILOG_SERVE = """examples:
   imgcls serve runs/data                   # page at http://127.0.0.1:8000, API docs at /docs
@@ -53,6 +59,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _train_parser(commands) -> None:
     from ..data.augment import AUGMENT_PRESETS
+    from ..train.time_budget import parse_duration
     from ..models.classifier import TTA_MODES
     from ..runtime import PRECISIONS
     from ..train.config import OPTIMIZERS, RECIPES, SCHEDULES, TrainConfig
@@ -67,10 +74,13 @@ def _train_parser(commands) -> None:
     p.add_argument("--recipe", choices=RECIPES, default=None,
                    help="a tuned set of defaults; speedrun: small images (CIFAR-sized) to high accuracy in minutes")
     g = p.add_argument_group("model")
-    g.add_argument("--model", help="built-in (seed-cnn, lenet5, cnn-bn) or any timm name (default cnn-bn, "
-                                    "or the --init-from bundle's architecture)")
-    g.add_argument("--img-size", type=int, help="square input size in pixels (default: the model's, or the images' if smaller)")
-    g.add_argument("--pretrained", action="store_true", help="start from timm's pretrained weights (hub or cache)")
+    g.add_argument("--model", help="built-in (seed-cnn, lenet5, cnn-bn, speedrun-cnn) or any timm name (default: "
+                                    "efficientnet_lite0 for photos, cnn-bn for images under 64 px)")
+    g.add_argument("--img-size", type=int, help="square input size in pixels (default: the pretrained weights' size; "
+                                                "from scratch the model's, or the images' if smaller)")
+    g.add_argument("--pretrained", action=argparse.BooleanOptionalAction,
+                   help="start from timm's ImageNet weights, from the Hugging Face cache or downloaded (default: yes "
+                        "for timm models on photos when they can be had)")
     g.add_argument("--weights", metavar="FILE", help="start from a local checkpoint (.safetensors or state dict)")
     g.add_argument("--init-from", metavar="BUNDLE", help="start from another imgcls bundle (transfer to new classes)")
     g = p.add_argument_group("transfer learning")
@@ -82,8 +92,12 @@ def _train_parser(commands) -> None:
     g.add_argument("--head-epochs", type=int, help="finetune: head-only epochs before unfreezing")
     g.add_argument("--layer-decay", type=float, help="finetune: lr multiplier per block towards the input")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, help=f"(default {d.epochs})")
-    g.add_argument("--batch-size", type=int, help=f"(default {d.batch_size})")
+    g.add_argument("--epochs", type=int, help="(default: 30 from scratch; transfer: about 10,000 images seen, 5-30 epochs)")
+    g.add_argument("--time", dest="time_budget_s", type=parse_duration, metavar="DURATION",
+                   help="end the whole run within this time (90s, 10m, 1.5h; a bare number is minutes): the "
+                        "epochs are chosen from a few timed steps, with the full learning-rate schedule")
+    g.add_argument("--batch-size", type=int, help="(default: 64 from scratch, 32 transfer; halved on small data "
+                                                  "until an epoch has 8 steps)")
     g.add_argument("--optimizer", choices=OPTIMIZERS)
     g.add_argument("--lr", type=float, help="peak learning rate (default: per optimizer, scaled to the batch size)")
     g.add_argument("--weight-decay", type=float, help="L2 / decoupled weight decay (default: per optimizer)")
@@ -428,6 +442,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         _setup_logging(args.quiet)
+        if args.command != "serve":  # a server's memory must go back after a burst (runtime.keep_freed_memory)
+            from ..runtime import keep_freed_memory
+
+            keep_freed_memory()
         return int(globals()[f"cmd_{args.command.replace('-', '_')}"](args))
     except ImgclsError as err:
         if debug:

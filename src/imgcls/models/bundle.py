@@ -41,6 +41,8 @@ class BundleConfig:
     model_kwargs: dict = field(default_factory=dict)  # extra architecture arguments
     resize: str = "squash"  # how images are brought to img_size (see data.images.decode_image)
     tta: str = "none"  # test-time augmentation predict/evaluate/serve use unless told otherwise (classifier.TTA_MODES)
+    training_mode: str = "scratch"  # how it was trained: scratch, freeze (linear probe / head) or finetune
+    weights_source: str = "none"  # what training started from: hf-hub:<repo>, file:<path>, bundle:<path> or none
     data_fingerprint: str | None = None
     metrics: dict = field(default_factory=dict)  # validation metrics at save time, for `imgcls serve`
     imgcls_version: str = __version__

@@ -22,14 +22,32 @@ OFFLINE_HINT = (
 )
 
 
+class WeightsUnavailable(ImgclsError):
+    """timm's pretrained weights could be neither found in the cache nor downloaded."""
+
+
 def pretrained_timm_model(name: str, num_classes: int, in_chans: int = 3, **kwargs) -> nn.Module:
     import timm
 
     try:
         return timm.create_model(name, pretrained=True, num_classes=num_classes, in_chans=in_chans, **kwargs)
     except (OSError, RuntimeError, ValueError) as err:  # hub errors subclass these when offline
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ImgclsError(f"could not get pretrained weights for '{name}' ({reason}); {OFFLINE_HINT}") from None
+        reason = _first_line(err)
+        if "offline" in reason.lower() or "cannot find the requested files" in reason:
+            reason = "not in the Hugging Face cache, and the hub is unreachable or offline"
+        raise WeightsUnavailable(f"could not get pretrained weights for '{name}' ({reason}); {OFFLINE_HINT}") from None
+
+
+def _first_line(err: Exception) -> str:
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
+def pretrained_source(model: nn.Module) -> str:
+    """Where timm's pretrained weights of `model` came from, as a bundle records it."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if cfg.get("hf_hub_id"):
+        return f"hf-hub:{cfg['hf_hub_id']}"
+    return cfg.get("url") or cfg.get("file") or "timm"
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

@@ -30,11 +30,17 @@ class Callback:
 
 
 class EarlyStopping(Callback):
-    """Stop after `patience` epochs without a better val_loss, and put the best weights back."""
+    """Stop after `patience` epochs without a better val_loss, and put the best weights back
+    (with the BatchNorm statistics they were validated with)."""
 
     def __init__(self, patience: int, min_delta: float = 1e-4):
         self.patience, self.min_delta = patience, min_delta
         self.best_loss, self.best_epoch, self.wait, self.best_state = math.inf, 0, 0, None
+
+    def start_from(self, val_loss: float, model: torch.nn.Module) -> None:
+        """Count `model` as epoch 0 with this val_loss: training must beat it to replace it."""
+        self.best_loss, self.best_epoch = val_loss, 0
+        self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     def on_epoch_end(self, trainer, logs):
         if logs["val_loss"] < self.best_loss - self.min_delta:
@@ -47,9 +53,14 @@ class EarlyStopping(Callback):
                 trainer.stop_training = True
 
     def on_train_end(self, trainer):
-        if self.best_state is not None and self.best_epoch != trainer.history[-1]["epoch"]:
-            log.info("restoring the weights of epoch %d (best val_loss %.4f)", self.best_epoch, self.best_loss)
+        if self.best_state is not None and self.best_epoch != (trainer.history[-1]["epoch"] if trainer.history else 0):
+            if self.best_epoch == 0:
+                log.info("keeping the starting model (the linear probe, val_loss %.4f): no epoch improved on it",
+                         self.best_loss)
+            else:
+                log.info("restoring the weights of epoch %d (best val_loss %.4f)", self.best_epoch, self.best_loss)
             trainer.model.load_state_dict(self.best_state)
+            trainer.batchnorm_stale = False  # the statistics it was validated with came back with it
 
     def state_dict(self):
         return {"best_loss": self.best_loss, "best_epoch": self.best_epoch, "wait": self.wait, "best_state": self.best_state}
@@ -61,18 +72,22 @@ class EarlyStopping(Callback):
             state["best_loss"], state["best_epoch"], state["wait"], state["best_state"])
 
 
+def write_history(run_dir: Path, history: list[dict]) -> None:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(history[0]))
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_bytes(Path(run_dir) / HISTORY_FILE, out.getvalue().encode())
+
+
 class HistoryCSV(Callback):
     """history.csv, rewritten whole each epoch so an interrupted run still has its curves."""
 
     def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / HISTORY_FILE
+        self.run_dir = Path(run_dir)
 
     def on_epoch_end(self, trainer, logs):
-        out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=list(trainer.history[0]))
-        writer.writeheader()
-        writer.writerows(trainer.history)
-        atomic_write_bytes(self.path, out.getvalue().encode())
+        write_history(self.run_dir, trainer.history)
 
 
 class Checkpoint(Callback):
@@ -148,6 +163,7 @@ class Lookahead(Callback):
 
     def on_train_end(self, trainer):
         self._pull(trainer, 1.0)
+        trainer.batchnorm_stale = True  # weights nobody validated: their statistics are recomputed
 
     @torch.no_grad()
     def _pull(self, trainer, slow_weight: float) -> None:

@@ -30,12 +30,14 @@ RECIPES = {
 
 @dataclass
 class TrainConfig:
-    model: str | None = None  # None: cnn-bn (train.run.DEFAULT_MODEL), or the --init-from bundle's architecture
-    img_size: int | None = None  # None: the model's design size, or the images' median side if smaller
-    epochs: int = 30
-    batch_size: int = 64
+    # None below: chosen for the data by train.defaults (photos: pretrained efficientnet_lite0; thumbnails: cnn-bn)
+    model: str | None = None  # or the --init-from bundle's architecture
+    img_size: int | None = None  # pretrained: its training size; scratch: the design size, or the images' if smaller
+    epochs: int | None = None  # scratch 30; transfer: ~10k images seen, 5-30 epochs
+    batch_size: int | None = None  # scratch 64, transfer 32; halved until an epoch has 8 steps
+    time_budget_s: float | None = None  # --time: epochs chosen so the whole run ends within it
     optimizer: str = "adamw"  # robust across architectures with no tuning
-    lr: float | None = None  # None: DEFAULT_LR_AT_64 scaled to batch_size
+    lr: float | None = None  # None: DEFAULT_LR_AT_64 (fine-tuning: a fifth of it) scaled to batch_size
     weight_decay: float | None = None  # None: DEFAULT_WEIGHT_DECAY (the L2 of Keras tutorials)
     momentum: float = 0.9  # SGD's (Nesterov)
     norm_lr_scale: float = 1.0  # lr multiplier for normalisation layers' parameters (the speed runs train BN shifts 64x faster)
@@ -53,11 +55,11 @@ class TrainConfig:
     tta: str = "none"  # test-time augmentation stored in the bundle for predict/evaluate/serve (none, flip)
     multi_label: bool = False
     labels_csv: str | None = None  # multi-label: path,labels CSV (labels ';'-separated)
-    pretrained: bool = False
+    pretrained: bool | None = None  # None: yes for a timm model on photos, when its weights can be had
     weights: str | None = None  # local checkpoint to start from
     init_from: str | None = None  # an imgcls bundle to start from (train on one dataset, transfer to another)
     mode: str = "auto"  # scratch | freeze | finetune; auto: finetune when starting from weights, else scratch
-    head_epochs: int = 1  # finetune: epochs of head-only training before the backbone unfreezes
+    head_epochs: int = 0  # finetune: head-only epochs before the backbone unfreezes (0: the head starts as a linear probe)
     cache_features: bool = True  # freeze + augment none: train the head on backbone features computed once
     layer_decay: float = 0.7  # finetune: lr multiplier per block towards the input (1 = same lr everywhere)
     val_split: float = 0.2  # used only when the data has no validation folder
@@ -91,7 +93,7 @@ class TrainConfig:
             if value not in choices:
                 raise UsageError(f"unknown {name} '{value}'{did_you_mean(value, choices)} (choose from {', '.join(choices)})")
         for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UsageError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.img_size is not None and self.img_size < 8:
             raise UsageError(f"img_size must be at least 8 pixels, got {self.img_size}")
@@ -105,6 +107,8 @@ class TrainConfig:
             raise UsageError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
         if self.lr is not None and self.lr <= 0:
             raise UsageError(f"lr must be positive, got {self.lr}")
+        if self.time_budget_s is not None and self.time_budget_s <= 0:
+            raise UsageError(f"time must be positive, e.g. 10m or 90s; got {self.time_budget_s} s")
         return self
 
     @classmethod

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 import logging
-import statistics
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ..data.audit import find_leakage
 from ..data.augment import build_augment
@@ -26,22 +25,21 @@ from ..fileio import atomic_write_bytes
 from ..models.bundle import WEIGHTS_FILE, BundleConfig, find_bundle, read_bundle_config, save_bundle
 from ..models.builtin import WhiteningConv
 from ..models.classifier import IMAGENET_MEAN, IMAGENET_STD, Classifier
-from ..models.registry import check_model_name, create_model, default_img_size
-from ..models.weights import load_weights
-from ..runtime import resolve_device
+from ..models.registry import check_model_name, create_model
+from ..models.weights import WeightsUnavailable, load_weights, pretrained_source
+from ..runtime import keep_freed_memory, resolve_device
 from .calibration import fit_temperature
-from .callbacks import CHECKPOINT_FILE, Checkpoint, EarlyStopping, EpochLog, HistoryCSV, Lookahead, ProgressBar
+from .callbacks import CHECKPOINT_FILE, Checkpoint, EarlyStopping, EpochLog, HistoryCSV, Lookahead, ProgressBar, write_history
 from .config import TrainConfig
+from .defaults import choose_img_size, choose_model, choose_schedule, median_side, scratch_fallback
 from .loop import Trainer, make_loss, predict_logits
-from .transfer import SMALL_BATCH, UnfreezeBackbone, classifier_head, head_inputs, layer_lr_scales, set_backbone_trainable
+from .probe import fit_linear_probe
+from .time_budget import fit_epochs_to_budget
+from .transfer import (SMALL_BATCH, UnfreezeBackbone, classifier_head, frozen_early_layers, head_inputs, layer_lr_scales,
+                       set_backbone_trainable)
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "cnn-bn"  # strongest built-in from scratch; needs no download
-MIN_AUTO_IMG_SIZE = 32  # below this, three pooling stages leave nothing to classify
-SIZE_SAMPLE = 200  # image headers read to pick img_size
-# Models designed for thumbnails (speedrun-cnn, lenet5: 32 px) given photos this many times larger lose most detail.
-THUMBNAIL_PX, SHRINK_WARNING = 64, 4
 IMBALANCE_WARNING = 3  # largest/smallest class ratio from which the loss is noticeably biased
 FEW_STEPS = 4  # optimizer steps per epoch below which a run barely trains (e.g. a recipe's batch of 1024 on 600 images)
 
@@ -53,25 +51,6 @@ class TrainResult:
     metrics: dict  # validation metrics of the saved model
     history: list[dict]
     skipped: list[dict]
-
-
-def auto_img_size(model: str, samples: list[Sample]) -> int:
-    """The model's design size, or the images' median short side when smaller (no upscaling of CIFAR)."""
-    step = max(1, len(samples) // SIZE_SAMPLE)
-    sides = []
-    for sample in samples[::step]:
-        try:
-            with Image.open(sample.path) as image:
-                sides.append(min(image.size))
-        except OSError:
-            continue
-    median = int(statistics.median(sides)) if sides else default_img_size(model)
-    size = max(MIN_AUTO_IMG_SIZE, min(default_img_size(model), -(-median // 8) * 8))
-    if size < THUMBNAIL_PX and median >= SHRINK_WARNING * size:
-        log.warning("the images are about %d px but %s is designed for %d px, so they are shrunk %dx; "
-                    "for detail at that scale pass --img-size or choose a model made for photos", median, model, size,
-                    median // size)
-    return size
 
 
 @dataclass
@@ -103,27 +82,58 @@ def _class_weights(targets: torch.Tensor, multi_label: bool) -> torch.Tensor:
 
 
 def _start_config(config: TrainConfig | None, source: BundleConfig | None) -> TrainConfig:
-    """Fill what the user left open: the model and image size of an --init-from bundle."""
+    """Fill what an --init-from bundle decides: its architecture and image size."""
     config = config or TrainConfig()
     if source is None:
-        return replace(config, model=config.model or DEFAULT_MODEL).validate()
+        return config.validate()
     if config.model not in (None, source.architecture):
         raise ImgclsError(f"--init-from bundle is a '{source.architecture}' but --model is '{config.model}'; "
                           "leave --model out to continue its architecture")
-    return replace(config, model=source.architecture, img_size=config.img_size or source.img_size).validate()
+    return replace(config, model=source.architecture, img_size=config.img_size or source.img_size, pretrained=False).validate()
 
 
-def _build_model(config: TrainConfig, num_classes: int, img_size: int, source: BundleConfig | None) -> Classifier:
+@dataclass
+class StartingPoint:
+    model: Classifier
+    config: TrainConfig  # with the model, pretrained and img_size settled
+    weights_source: str  # where the starting weights came from: hf-hub:..., file:..., bundle:..., or none
+
+
+def _start_model(config: TrainConfig, num_classes: int, side: int | None, source: BundleConfig | None) -> StartingPoint:
+    """Build the network from the weights it starts from. When the automatic choice of pretrained
+    weights finds none, say so in one line and train from scratch instead."""
+    chosen = choose_model(config, side)
+    try:
+        return _build_model(chosen, num_classes, side, source)
+    except WeightsUnavailable as err:
+        if config.pretrained:  # asked for by the user: an error, not a silent downgrade
+            raise
+        fallback = scratch_fallback(config)
+        log.warning("no pretrained weights for %s (not cached, and no network), so training %s from scratch, "
+                    "which is far less accurate on small photo folders; to start from ImageNet weights pass "
+                    "--weights FILE, or run once with network access to cache them", chosen.model, fallback.model)
+        log.debug("%s", err)
+        return _build_model(fallback, num_classes, side, source)
+
+
+def _build_model(config: TrainConfig, num_classes: int, side: int | None, source: BundleConfig | None) -> StartingPoint:
+    check_model_name(config.model)
+    config = replace(config, img_size=choose_img_size(config, side))
     torch.manual_seed(config.seed)
-    net = create_model(config.model, num_classes=num_classes, img_size=img_size, pretrained=config.pretrained,
+    net = create_model(config.model, num_classes=num_classes, img_size=config.img_size, pretrained=config.pretrained,
                        **(source.model_kwargs if source else {}))
-    for weights in filter(None, (config.weights, config.init_from and find_bundle(config.init_from) / WEIGHTS_FILE)):
-        load_weights(net, weights)
+    weights_source = pretrained_source(net) if config.pretrained else "none"
+    if config.weights:
+        load_weights(net, config.weights)
+        weights_source = f"file:{Path(config.weights).expanduser().resolve()}"
+    if config.init_from:
+        load_weights(net, find_bundle(config.init_from) / WEIGHTS_FILE)
+        weights_source = f"bundle:{find_bundle(config.init_from).resolve()}"
     mean, std = (source.mean, source.std) if source else (IMAGENET_MEAN, IMAGENET_STD)
     pretrained_cfg = getattr(net, "pretrained_cfg", None) or {}
     if config.pretrained and pretrained_cfg.get("mean"):
         mean, std = tuple(pretrained_cfg["mean"]), tuple(pretrained_cfg["std"])
-    return Classifier(net, mean, std)
+    return StartingPoint(Classifier(net, mean, std), config, weights_source)
 
 
 WHITENING_IMAGES = 2000  # enough patches (~2M) for a stable 12x12 covariance; ~1 s
@@ -149,38 +159,75 @@ def _resume_state(run_dir: Path) -> dict:
         raise ImgclsError(f"checkpoint '{path}' is damaged ({type(err).__name__}); start a new run") from None
 
 
+FEATURE_BATCH = 128  # images per forward pass when computing frozen features or validation logits
+
+
+@dataclass
+class ProbeResult:
+    """The linear probe fitted on the frozen backbone, already installed as the model's head."""
+    train_accuracy: float
+    val_accuracy: float
+    val_loss: float
+    seconds: float
+
+
+def _fit_probe_head(model: Classifier, config: TrainConfig, train_set: DecodedSplit, val_set: DecodedSplit,
+                    device: torch.device, loss_fn: torch.nn.Module) -> ProbeResult:
+    """Compute the frozen backbone's features once, fit a logistic regression on them and make it
+    the head: the whole of --freeze --augment none, and where fine-tuning starts (train.probe)."""
+    start = time.perf_counter()
+    train_features, train_targets = head_inputs(model, Batches(train_set.pixels, train_set.targets, FEATURE_BATCH, device=device))
+    val_features, val_targets = head_inputs(model, Batches(val_set.pixels, val_set.targets, FEATURE_BATCH, device=device))
+    probe = fit_linear_probe(train_features, train_targets, config.multi_label, config.seed)
+    head = classifier_head(model)
+    with torch.no_grad():
+        head.weight.copy_(probe.weight)
+        head.bias.copy_(probe.bias)
+    val_logits = probe.logits(val_features)
+    result = ProbeResult(_accuracy(probe.logits(train_features), train_targets, config.multi_label),
+                         _accuracy(val_logits, val_targets, config.multi_label),
+                         loss_fn.cpu()(val_logits, val_targets).item(), time.perf_counter() - start)
+    log.info("linear probe on the frozen features (L2 %.0e): train accuracy %.4f, validation accuracy %.4f (%.1fs)",
+             probe.l2, result.train_accuracy, result.val_accuracy, result.seconds)
+    return result
+
+
+def _accuracy(logits: torch.Tensor, targets: torch.Tensor, multi_label: bool) -> float:
+    if multi_label:
+        return ((logits > 0) == (targets > 0.5)).float().mean().item()
+    return (logits.argmax(1) == targets.argmax(1)).float().mean().item()
+
+
 def _make_trainer(model: Classifier, config: TrainConfig, train_set: DecodedSplit, val_set: DecodedSplit,
-                  run_dir: Path, device: torch.device, progress: bool) -> Trainer:
-    """The trainer for the mode: the whole network, or only its head on features computed once
-    (frozen backbone, no augmentation: every epoch after the first costs a few matrix products)."""
+                  run_dir: Path, device: torch.device, progress: bool, probe: ProbeResult | None) -> Trainer:
+    """The trainer for the mode: the whole network, the network but its frozen early layers
+    (fine-tuning), or only the head on a frozen backbone."""
     mode, num_classes, img_size = config.resolved_mode(), train_set.targets.shape[1], train_set.pixels.shape[1]
     weights = _class_weights(train_set.targets, config.multi_label).to(device) if config.class_weights else None
+    early_stopping = EarlyStopping(config.early_stopping)
+    if probe is not None:  # the probe is epoch 0: fine-tuning that never beats it on validation gives it back
+        early_stopping.start_from(probe.val_loss, model)
     callbacks = ([ProgressBar()] if progress else []) + ([Lookahead()] if config.lookahead else []) + [
-        EpochLog(), EarlyStopping(config.early_stopping), HistoryCSV(run_dir), Checkpoint(run_dir)]
+        EpochLog(), early_stopping, HistoryCSV(run_dir), Checkpoint(run_dir)]
     augment = build_augment(config.augment, img_size, num_classes, config.multi_label)
     train_batches = Batches(train_set.pixels, train_set.targets, config.batch_size, shuffle=True, device=device,
                             seed=config.seed, alternating_flip=augment.alternating_flip)
-    val_batches = Batches(val_set.pixels, val_set.targets, max(config.batch_size, 128), device=device)
+    val_batches = Batches(val_set.pixels, val_set.targets, max(config.batch_size, FEATURE_BATCH), device=device)
     lr_scales = None
     if mode == "freeze":
         set_backbone_trainable(model, False)
-        if config.augment == "none" and config.cache_features:
-            to_device = lambda features, dev: features.to(dev, non_blocking=True)
-            log.info("frozen backbone without augmentation: computing its features once")
-            train_batches = Batches(*head_inputs(model, Batches(train_set.pixels, train_set.targets, 256, device=device)),
-                                    config.batch_size, shuffle=True, device=device, seed=config.seed, transform=to_device)
-            val_batches = Batches(*head_inputs(model, val_batches), val_batches.batch_size, device=device, transform=to_device)
-            model = classifier_head(model)
-        else:
-            log.info("frozen backbone with augmentation runs the backbone every epoch; --augment none trains on cached features")
     elif mode == "finetune":
-        callbacks.append(UnfreezeBackbone(config.head_epochs, freeze_batchnorm=config.batch_size < SMALL_BATCH))
         lr_scales = layer_lr_scales(model, config.layer_decay)
+        frozen = frozen_early_layers(lr_scales) if config.pretrained else frozenset()
+        # Pretrained BatchNorm keeps its ImageNet statistics (Keras' fine-tuning guide does the same):
+        # a few hundred images give noisier statistics than the ones the features were trained with.
+        freeze_batchnorm = config.pretrained or config.batch_size < SMALL_BATCH
+        callbacks.append(UnfreezeBackbone(config.head_epochs, freeze_batchnorm, frozen))
     return Trainer(model, config, train_batches, val_batches, augment, make_loss(config, weights), callbacks, device, lr_scales)
 
 
 def _finish(model: Classifier, config: TrainConfig, dataset: LabelledImages, val_set: DecodedSplit,
-            run_dir: Path, device: torch.device) -> tuple[Path, dict]:
+            run_dir: Path, device: torch.device, weights_source: str, probe: ProbeResult | None) -> tuple[Path, dict]:
     """Calibrate on validation, evaluate, and save the bundle."""
     logits, _ = predict_logits(model, Batches(val_set.pixels, val_set.targets, max(config.batch_size, 128), device=device),
                                tta=config.tta)
@@ -191,11 +238,14 @@ def _finish(model: Classifier, config: TrainConfig, dataset: LabelledImages, val
         mean=tuple(model.mean.flatten().tolist()), std=tuple(model.std.flatten().tolist()),
         task="multi-label" if config.multi_label else "single-label", temperature=temperature,
         thresholds=tune_thresholds(val_set.targets.numpy(), probs).tolist() if config.multi_label else None,
-        data_fingerprint=dataset.fingerprint(), tta=config.tta,
+        data_fingerprint=dataset.fingerprint(), tta=config.tta, training_mode=config.resolved_mode(),
+        weights_source=weights_source,
     )
     metrics = write_evaluation(probs, val_set.samples, bundle_config, run_dir / "evaluation", run_dir / "history.csv",
                                uncalibrated=None if config.multi_label else logits.softmax(1).numpy())
     bundle_config.metrics = {k: metrics[k] for k in ("accuracy", "mAP", "macro_avg", "ece") if k in metrics}
+    if probe is not None:  # the floor a transferred model must beat, reported beside it
+        bundle_config.metrics["linear_probe_accuracy"] = probe.val_accuracy
     return save_bundle(model.cpu(), bundle_config, run_dir / "model"), metrics
 
 
@@ -209,21 +259,28 @@ def train(data_dir: str | Path | None, run_dir: str | Path, config: TrainConfig 
         config, data_dir = TrainConfig.from_dict(state["config"]), data_dir or state["data_dir"]
     if data_dir is None:
         raise ImgclsError("no data folder given")
+    started = time.perf_counter()
+    keep_freed_memory()
     source = read_bundle_config(config.init_from) if config is not None and config.init_from else None
     config = _start_config(config, source)
-    check_model_name(config.model)
+    if config.model is not None:
+        check_model_name(config.model)
     device = resolve_device(config.device)
 
     dataset = discover(data_dir, config.val_split, config.test_split, config.seed, config.multi_label, config.labels_csv)
     _warn_about_data(dataset)
-    img_size = (state or {}).get("img_size") or config.img_size or auto_img_size(config.model, dataset.splits["train"])
-    log.info("%d classes, %s images; model %s at %d px on %s (%s)", len(dataset.classes),
-             {k: len(v) for k, v in dataset.splits.items()}, config.model, img_size, device, config.resolved_mode())
     num_classes = len(dataset.classes)
+    start = _start_model(config, num_classes, median_side(dataset.splits["train"]), source)
+    model, config = start.model, start.config
+    img_size = config.img_size
+    log.info("%d classes, %s images; %s at %d px on %s: %s, weights from %s", num_classes,
+             {k: len(v) for k, v in dataset.splits.items()}, config.model, img_size, device,
+             config.resolved_mode(), start.weights_source)
     train_set = _decode_split(dataset.splits["train"], img_size, num_classes, config.workers, "train")
     val_set = _decode_split(dataset.splits["validation"], img_size, num_classes, config.workers, "validation")
+    if state is None:
+        config = choose_schedule(config, len(train_set.samples)).validate()
     _warn_about_batch_size(len(train_set.samples), config.batch_size)
-    model = _build_model(config, num_classes, img_size, source)
     if state is None and config.resolved_mode() == "scratch":
         _fit_whitening(model, train_set.pixels, config.seed)
     model = model.to(device).to(memory_format=torch.channels_last)
@@ -231,16 +288,37 @@ def train(data_dir: str | Path | None, run_dir: str | Path, config: TrainConfig 
     run_dir.mkdir(parents=True, exist_ok=True)
     _write_data_summary(run_dir, dataset, data_dir, img_size, skipped, config)
 
-    trainer = _make_trainer(model, config, train_set, val_set, run_dir, device, progress)
-    if state is not None:
-        trainer.load_state_dict(state)
-        log.info("resuming %s after epoch %d of %d", run_dir, trainer.epoch, config.epochs)
-    trainer.extra_state = {"data_dir": str(data_dir), "img_size": img_size}
-    history = trainer.fit()
-    bundle_dir, metrics = _finish(model, config, dataset, val_set, run_dir, device)
+    loss_fn = make_loss(config, None)
+    probe = None
+    if state is None and config.resolved_mode() in ("freeze", "finetune"):
+        probe = _fit_probe_head(model, config, train_set, val_set, device, loss_fn)
+    if config.resolved_mode() == "freeze" and config.augment == "none" and config.cache_features:
+        history = _probe_history(run_dir, probe)  # the probe is the optimum of the head on fixed features: done
+    else:
+        trainer = _make_trainer(model, config, train_set, val_set, run_dir, device, progress, probe)
+        if state is not None:
+            trainer.load_state_dict(state)
+            log.info("resuming %s after epoch %d of %d", run_dir, trainer.epoch, config.epochs)
+        elif config.time_budget_s is not None:
+            trainer = fit_epochs_to_budget(trainer, config.time_budget_s - (time.perf_counter() - started),
+                                           lambda epochs: _make_trainer(model, replace(config, epochs=epochs), train_set,
+                                                                        val_set, run_dir, device, progress, probe))
+            config = trainer.config
+        trainer.extra_state = {"data_dir": str(data_dir), "img_size": img_size}
+        history = trainer.fit()
+    bundle_dir, metrics = _finish(model, config, dataset, val_set, run_dir, device, start.weights_source, probe)
     if config.report:
         _write_report(run_dir, device)
+    log.info("trained in %.0fs", time.perf_counter() - started)
     return TrainResult(run_dir, bundle_dir, metrics, history, skipped)
+
+
+def _probe_history(run_dir: Path, probe: ProbeResult) -> list[dict]:
+    """One history row for a head fitted in one go, so the report and curves have it."""
+    history = [{"epoch": 1, "train_loss": float("nan"), "train_accuracy": probe.train_accuracy, "lr": 0.0,
+                "seconds": probe.seconds, "val_loss": probe.val_loss, "val_accuracy": probe.val_accuracy}]
+    write_history(run_dir, history)
+    return history
 
 
 def _write_report(run_dir: Path, device: torch.device) -> None:

@@ -1,0 +1,101 @@
+"""`--time 10m`: the number of epochs that ends the whole run within a wall-clock budget.
+
+Like Ultralytics' `time=`, but the schedule is planned for the epochs that fit rather than cut
+short: a few optimisation and inference steps are timed on this machine first, so the learning
+rate still warms up and decays over the whole run.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import re
+import time
+from typing import Callable
+
+import torch
+
+from ..errors import UsageError
+from .loop import PRECISE_BN_IMAGES, Trainer
+from .transfer import is_frozen_batchnorm, keep_frozen_batchnorm_in_eval
+
+log = logging.getLogger(__name__)
+
+TIMED_STEPS = 3  # after one warm-up step (first-call allocations, oneDNN kernel choice)
+CHECKPOINT_S = 1.0  # writing checkpoint.pt and history.csv each epoch
+# After the last epoch: calibration and evaluation (one validation pass each, plots) and the report
+# (an audit of every image, the bundle's validation predictions again): about this many validation passes.
+FINISH_VALIDATION_PASSES, FINISH_FIXED_S = 4, 5.0
+SAFETY = 0.95  # plan for 95% of the budget: the estimate is within a few percent, the contract within 10%
+
+_UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600}
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '10m', '1.5h' -> seconds; a bare number is minutes."""
+    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m|min|h)?\s*", str(text))
+    if not found or float(found[1]) <= 0:
+        raise UsageError(f"--time takes a duration such as 90s, 10m or 1.5h; got '{text}'")
+    return float(found[1]) * _UNITS[found[2] or "m"]
+
+
+def _seconds_per_step(trainer: Trainer) -> float:
+    """The mean time of TIMED_STEPS real training steps (augmentation included) after a warm-up step."""
+    trainer.model.train()
+    keep_frozen_batchnorm_in_eval(trainer.model)
+    trainer.train_batches.set_epoch(0)
+    batches = iter(trainer.train_batches)
+    times = []
+    for _ in range(TIMED_STEPS + 1):
+        try:
+            images, targets = next(batches)
+        except StopIteration:
+            batches = iter(trainer.train_batches)
+            images, targets = next(batches)
+        start = time.perf_counter()
+        loss, _, _ = trainer.train_step(images, targets)
+        loss.item()  # wait for the device
+        times.append(time.perf_counter() - start)
+    return sum(times[1:]) / TIMED_STEPS
+
+
+@torch.inference_mode()
+def _seconds_per_image(trainer: Trainer) -> float:
+    """Inference cost of one validation image (validation, precise BN, evaluation, report)."""
+    trainer.model.eval()
+    images, _ = next(iter(trainer.val_batches))
+    trainer.model(images)
+    start = time.perf_counter()
+    trainer.model(images).float().sum().item()
+    return (time.perf_counter() - start) / len(images)
+
+
+def estimate_epoch_seconds(trainer: Trainer) -> tuple[float, float]:
+    """(seconds per epoch, seconds per validation pass), measured on this machine. The model's
+    weights are put back afterwards: timing must not train."""
+    saved = copy.deepcopy(trainer.model.state_dict())
+    for callback in trainer.callbacks:  # e.g. which layers are frozen, as in the real first epoch
+        callback.on_train_begin(trainer)
+    try:
+        step_s = _seconds_per_step(trainer)
+        image_s = _seconds_per_image(trainer)
+    finally:
+        trainer.model.load_state_dict(saved)
+        trainer.optimizer.zero_grad(set_to_none=True)
+    val_s = image_s * len(trainer.val_batches.targets)
+    updates_batchnorm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and not is_frozen_batchnorm(m)
+                            for m in trainer.model.modules())
+    precise_bn_s = image_s * min(PRECISE_BN_IMAGES, len(trainer.train_batches.targets)) if updates_batchnorm else 0.0
+    return step_s * len(trainer.train_batches) + val_s + precise_bn_s + CHECKPOINT_S, val_s
+
+
+def fit_epochs_to_budget(trainer: Trainer, remaining_s: float, rebuild: Callable[[int], Trainer]) -> Trainer:
+    """A trainer rebuilt (fresh optimiser and schedule) for the epochs that fit in `remaining_s`."""
+    epoch_s, val_s = estimate_epoch_seconds(trainer)
+    finish_s = FINISH_VALIDATION_PASSES * val_s + FINISH_FIXED_S
+    epochs = max(1, math.floor((SAFETY * remaining_s - finish_s) / epoch_s))
+    if epochs == 1 and SAFETY * remaining_s < finish_s + epoch_s:
+        log.warning("the time budget is too short: one epoch takes about %.0fs and evaluation %.0fs more, "
+                    "%.0fs were left; training 1 epoch", epoch_s, finish_s, remaining_s)
+    log.info("time budget: %d epochs of about %.1fs fit in the %.0fs left", epochs, epoch_s, remaining_s)
+    return rebuild(epochs)
