@@ -191,5 +191,5 @@ def test_a_time_budget_chooses_the_epochs_and_the_run_ends_within_it(digits_dir,
     elapsed = time.perf_counter() - start
     assert code == 0, err
     history = (tmp_path / "run" / "history.csv").read_text().splitlines()[1:]
-    assert f"time budget: {len(history)} epochs" in err and len(history) > 1
-    assert elapsed <= budget * 1.1
+    assert "time budget:" in err and len(history) > 1
+    assert budget * 0.7 <= elapsed <= budget * 1.1  # the budget is used, and held

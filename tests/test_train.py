@@ -172,32 +172,42 @@ def test_ema_weights_are_the_ones_validated_and_saved(digits_dir, tmp_path):
     assert torch.equal(saved[weight], averaged[weight]) and not torch.equal(saved[weight], raw[weight])
 
 
-@pytest.mark.parametrize("side, expected", [(500, 128), (100, 104), (32, 32), (8, 32)])
-def test_automatic_image_size_is_the_designed_size_unless_the_images_are_smaller(tmp_path, side, expected):
+def _image_samples(folder, width, height, count=1):
     from PIL import Image
 
     from imgcls.data.folders import Sample
-    from imgcls.train.run import auto_img_size
 
     samples = []
-    for i in range(5):
-        path = tmp_path / f"{i}.png"
-        Image.new("RGB", (side + 40, side)).save(path)
+    for i in range(count):
+        path = folder / f"{i}.png"
+        Image.new("RGB", (width, height)).save(path)
         samples.append(Sample(path, (0,)))
-    assert auto_img_size("cnn-bn", samples) == expected
+    return samples
+
+
+@pytest.mark.parametrize("side, expected", [(500, 128), (100, 104), (32, 32), (8, 32)])
+def test_automatic_image_size_is_the_designed_size_unless_the_images_are_smaller(tmp_path, side, expected):
+    from imgcls.train.defaults import choose_img_size, median_side
+
+    side_seen = median_side(_image_samples(tmp_path, side + 40, side, count=5))
+    assert side_seen == side
+    assert choose_img_size(TrainConfig(model="cnn-bn", pretrained=False), side_seen) == expected
+
+
+def test_a_pretrained_backbone_sees_its_own_input_size_whatever_the_images(tmp_path):
+    from imgcls.train.defaults import choose_img_size
+
+    assert choose_img_size(TrainConfig(model="efficientnet_lite0", pretrained=True), 32) == 224
+    assert choose_img_size(TrainConfig(model="efficientnet_lite0", pretrained=True, img_size=160), 32) == 160
 
 
 def test_photos_shrunk_far_below_their_size_are_flagged(tmp_path, caplog):
-    from PIL import Image
+    from imgcls.train.defaults import choose_img_size, median_side
 
-    from imgcls.data.folders import Sample
-    from imgcls.train.run import auto_img_size
-
-    path = tmp_path / "photo.jpg"
-    Image.new("RGB", (200, 150)).save(path)
-    assert auto_img_size("speedrun-cnn", [Sample(path, (0,))]) == 32
+    side = median_side(_image_samples(tmp_path, 200, 150))
+    assert choose_img_size(TrainConfig(model="speedrun-cnn", pretrained=False), side) == 32
     assert "about 150 px but speedrun-cnn is designed for 32 px" in caplog.text and "--img-size" in caplog.text
     caplog.clear()
-    Image.new("RGB", (1600, 1200)).save(path)
-    assert auto_img_size("cnn-bn", [Sample(path, (0,))]) == 128  # photos for a photo-sized model: as designed
+    side = median_side(_image_samples(tmp_path, 1600, 1200))
+    assert choose_img_size(TrainConfig(model="cnn-bn", pretrained=False), side) == 128  # as designed
     assert caplog.text == ""

@@ -6,7 +6,7 @@ autocast on CUDA and on CPUs that compute bf16 natively, in fp32 elsewhere (runt
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
@@ -137,6 +137,11 @@ class Trainer:
         if self.batchnorm_stale:
             recompute_batchnorm(self.model, self.train_batches, self.config.precision)
         return self.history
+
+    def set_epochs(self, epochs: int) -> None:
+        """Change the length of the run mid-way (a time budget); the schedule follows."""
+        self.config = replace(self.config, epochs=epochs)
+        self.schedule.set_total_steps(epochs * len(self.train_batches))
 
     @property
     def eval_model(self) -> nn.Module:

@@ -193,9 +193,8 @@ def _fit_probe_head(model: Classifier, config: TrainConfig, train_set: DecodedSp
 
 
 def _accuracy(logits: torch.Tensor, targets: torch.Tensor, multi_label: bool) -> float:
-    if multi_label:
-        return ((logits > 0) == (targets > 0.5)).float().mean().item()
-    return (logits.argmax(1) == targets.argmax(1)).float().mean().item()
+    hits = (logits > 0) == (targets > 0.5) if multi_label else logits.argmax(1) == targets.argmax(1)
+    return hits.sum().item() / hits.numel()  # counted in Python: the same float as evaluation's accuracy
 
 
 def _make_trainer(model: Classifier, config: TrainConfig, train_set: DecodedSplit, val_set: DecodedSplit,

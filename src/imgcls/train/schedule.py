@@ -40,14 +40,18 @@ class LrSchedule:
 
     def __init__(self, optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int):
         self.optimizer = optimizer
-        self.kind = config.schedule
-        self.total_steps = max(1, total_steps)
-        self.warmup_steps = int(config.warmup_fraction * total_steps) if self.kind in ("onecycle", "triangular") else 0
+        self.kind, self.warmup_fraction = config.schedule, config.warmup_fraction
+        self.set_total_steps(total_steps)
         self.patience, self.factor = config.plateau_patience, config.plateau_factor
         self.step_count, self.plateau_scale, self.best_loss, self.stalled_epochs = 0, 1.0, math.inf, 0
         for group in optimizer.param_groups:
             group.setdefault("base_lr", group["lr"])
         self._apply()
+
+    def set_total_steps(self, total_steps: int) -> None:
+        """Plan (or re-plan, mid-run) the schedule over `total_steps`."""
+        self.total_steps = max(1, total_steps)
+        self.warmup_steps = int(self.warmup_fraction * total_steps) if self.kind in ("onecycle", "triangular") else 0
 
     def multiplier(self) -> float:
         step = self.step_count

@@ -2,11 +2,13 @@
 
 Like Ultralytics' `time=`, but the schedule is planned for the epochs that fit rather than cut
 short: a few optimisation and inference steps are timed on this machine first, so the learning
-rate still warms up and decays over the whole run.
+rate still warms up and decays over the whole run; after each epoch the plan is corrected with the
+epochs' real duration (first steps run slower or faster than later ones; other processes come and go).
 """
 from __future__ import annotations
 
 import copy
+import io
 import logging
 import math
 import re
@@ -16,13 +18,13 @@ from typing import Callable
 import torch
 
 from ..errors import UsageError
+from .callbacks import Callback
 from .loop import PRECISE_BN_IMAGES, Trainer
 from .transfer import is_frozen_batchnorm, keep_frozen_batchnorm_in_eval
 
 log = logging.getLogger(__name__)
 
 TIMED_STEPS = 3  # after one warm-up step (first-call allocations, oneDNN kernel choice)
-CHECKPOINT_S = 1.0  # writing checkpoint.pt and history.csv each epoch
 # After the last epoch: calibration and evaluation (one validation pass each, plots) and the report
 # (an audit of every image, the bundle's validation predictions again): about this many validation passes.
 FINISH_VALIDATION_PASSES, FINISH_FIXED_S = 4, 5.0
@@ -79,6 +81,9 @@ def estimate_epoch_seconds(trainer: Trainer) -> tuple[float, float]:
     try:
         step_s = _seconds_per_step(trainer)
         image_s = _seconds_per_image(trainer)
+        start = time.perf_counter()
+        torch.save(trainer.state_dict(), io.BytesIO())  # the checkpoint written after every epoch
+        checkpoint_s = time.perf_counter() - start
     finally:
         trainer.model.load_state_dict(saved)
         trainer.optimizer.zero_grad(set_to_none=True)
@@ -86,11 +91,33 @@ def estimate_epoch_seconds(trainer: Trainer) -> tuple[float, float]:
     updates_batchnorm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and not is_frozen_batchnorm(m)
                             for m in trainer.model.modules())
     precise_bn_s = image_s * min(PRECISE_BN_IMAGES, len(trainer.train_batches.targets)) if updates_batchnorm else 0.0
-    return step_s * len(trainer.train_batches) + val_s + precise_bn_s + CHECKPOINT_S, val_s
+    return step_s * len(trainer.train_batches) + val_s + precise_bn_s + checkpoint_s, val_s
+
+
+class TimeBudget(Callback):
+    """After each epoch, re-plan the number of epochs from the measured pace so the run ends by
+    `deadline` (time.perf_counter()), `finish_s` being kept for evaluation and the report. The
+    schedule is stretched or shrunk to the new total, so it still ends at a learning rate of zero."""
+
+    def __init__(self, deadline: float, finish_s: float):
+        self.deadline, self.finish_s, self.started = deadline, finish_s, None
+
+    def on_train_begin(self, trainer):
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, trainer, logs):
+        now = time.perf_counter()
+        epoch_s = (now - self.started) / trainer.epoch
+        epochs = max(trainer.epoch, trainer.epoch + math.floor((SAFETY * (self.deadline - now) - self.finish_s) / epoch_s))
+        if epochs != trainer.config.epochs:
+            log.debug("time budget: %d epochs instead of %d (an epoch takes %.1fs)", epochs, trainer.config.epochs, epoch_s)
+            trainer.set_epochs(epochs)
 
 
 def fit_epochs_to_budget(trainer: Trainer, remaining_s: float, rebuild: Callable[[int], Trainer]) -> Trainer:
-    """A trainer rebuilt (fresh optimiser and schedule) for the epochs that fit in `remaining_s`."""
+    """A trainer rebuilt (fresh optimiser and schedule) for the epochs that fit in `remaining_s`,
+    with a TimeBudget callback that keeps the plan on time."""
+    deadline = time.perf_counter() + remaining_s
     epoch_s, val_s = estimate_epoch_seconds(trainer)
     finish_s = FINISH_VALIDATION_PASSES * val_s + FINISH_FIXED_S
     epochs = max(1, math.floor((SAFETY * remaining_s - finish_s) / epoch_s))
@@ -98,4 +125,6 @@ def fit_epochs_to_budget(trainer: Trainer, remaining_s: float, rebuild: Callable
         log.warning("the time budget is too short: one epoch takes about %.0fs and evaluation %.0fs more, "
                     "%.0fs were left; training 1 epoch", epoch_s, finish_s, remaining_s)
     log.info("time budget: %d epochs of about %.1fs fit in the %.0fs left", epochs, epoch_s, remaining_s)
-    return rebuild(epochs)
+    trainer = rebuild(epochs)
+    trainer.callbacks.append(TimeBudget(deadline, finish_s))
+    return trainer
