@@ -35,7 +35,7 @@ SCRATCH_EPOCHS = 30
 TRANSFER_IMAGES, TRANSFER_EPOCHS = 10_000, (5, 30)
 SCRATCH_BATCH, TRANSFER_BATCH = 64, 32  # 32: the fastest per image for efficientnet_lite0 on a CPU cache
 FINETUNE_LR_AT_64 = 4e-4  # AdamW; a fifth of the scratch rate: the features are already good
-FEW_STEPS = 8  # steps per epoch below which a default batch size is halved (down to MIN_BATCH)
+MIN_STEPS_PER_EPOCH = 8  # a default batch size is halved (down to MIN_BATCH) until an epoch has this many steps
 MIN_BATCH = 8
 
 
@@ -91,7 +91,7 @@ def choose_schedule(config: TrainConfig, train_images: int) -> TrainConfig:
     batch_size = config.batch_size
     if batch_size is None:
         batch_size = TRANSFER_BATCH if transfer else SCRATCH_BATCH
-        while batch_size > MIN_BATCH and -(-train_images // batch_size) < FEW_STEPS:
+        while batch_size > MIN_BATCH and -(-train_images // batch_size) < MIN_STEPS_PER_EPOCH:
             batch_size //= 2
         if batch_size != (TRANSFER_BATCH if transfer else SCRATCH_BATCH):
             log.info("batch size %d, so that %d training images make %d steps per epoch", batch_size,
