@@ -193,3 +193,11 @@ def test_a_time_budget_chooses_the_epochs_and_the_run_ends_within_it(digits_dir,
     history = (tmp_path / "run" / "history.csv").read_text().splitlines()[1:]
     assert "time budget:" in err and len(history) > 1
     assert budget * 0.7 <= elapsed <= budget * 1.1  # the budget is used, and held
+
+
+def test_no_pretrained_on_photos_trains_the_scratch_default(shapes_dir, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "train", shapes_dir, "--out", tmp_path / "run", "--no-pretrained", "--epochs", "1",
+                           "--no-progress", "--no-report")
+    assert code == 0 and "no pretrained weights" not in err
+    config = _bundle_config(tmp_path / "run")
+    assert config["architecture"] == "cnn-bn" and config["weights_source"] == "none"

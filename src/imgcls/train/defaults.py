@@ -54,9 +54,10 @@ def median_side(samples: list[Sample]) -> int | None:
 
 def choose_model(config: TrainConfig, side: int | None) -> TrainConfig:
     """Fill in `model` and `pretrained`. Left open, photos get the pretrained default and
-    thumbnails the scratch one (unless --pretrained); a timm --model on photos starts from its weights too."""
+    thumbnails (or --no-pretrained) the scratch one; a timm --model on photos starts from its weights too."""
     photos = side is None or side >= PHOTO_MIN_PX
-    model = config.model or (PRETRAINED_MODEL if photos or config.pretrained else SCRATCH_MODEL)
+    wants_weights = config.pretrained or (photos and config.pretrained is None)
+    model = config.model or (PRETRAINED_MODEL if wants_weights else SCRATCH_MODEL)
     pretrained = config.pretrained
     if pretrained is None:
         pretrained = photos and model not in BUILTIN_MODELS and config.weights is None and config.init_from is None
