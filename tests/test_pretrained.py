@@ -201,3 +201,18 @@ def test_no_pretrained_on_photos_trains_the_scratch_default(shapes_dir, tmp_path
     assert code == 0 and "no pretrained weights" not in err
     config = _bundle_config(tmp_path / "run")
     assert config["architecture"] == "cnn-bn" and config["weights_source"] == "none"
+
+
+def test_defaults_follow_the_mode_and_the_size_of_the_data():
+    from imgcls.train.config import TrainConfig
+    from imgcls.train.defaults import choose_schedule
+
+    tiny = choose_schedule(TrainConfig(model="efficientnet_lite0", pretrained=True), 75)
+    assert tiny.batch_size == 8 and tiny.epochs == 30  # 8 steps per epoch; 30 epochs is the cap
+    assert tiny.lr == pytest.approx(4e-4 * 8 / 64)  # fine-tuning's rate, scaled to the batch
+    large = choose_schedule(TrainConfig(model="efficientnet_lite0", pretrained=True), 5000)
+    assert large.batch_size == 32 and large.epochs == 5
+    scratch = choose_schedule(TrainConfig(model="cnn-bn", pretrained=False), 5000)
+    assert (scratch.batch_size, scratch.epochs, scratch.lr) == (64, 30, None)  # lr None: the optimizer's default
+    asked = choose_schedule(TrainConfig(model="efficientnet_lite0", pretrained=True, batch_size=64, epochs=3, lr=1e-3), 75)
+    assert (asked.batch_size, asked.epochs, asked.lr) == (64, 3, 1e-3)  # what the user gives is kept
