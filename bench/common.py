@@ -39,12 +39,22 @@ def decode_every_run() -> None:
     os.environ[CACHE_ENV] = CACHE_OFF
 
 
+def cpu_model() -> str:
+    """The CPU's name and whether it computes bf16 natively: figures differ between such machines."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    return f"{name} ({'with' if 'avx512_bf16' in info or 'amx_tile' in info else 'without'} native bf16)"
+
+
 def machine() -> dict:
     import torch
     import torchvision
 
     return {
-        "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+        "platform": platform.platform(), "processor": platform.processor() or platform.machine(), "cpu": cpu_model(),
         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,

@@ -166,7 +166,7 @@ def test_fine_tuning_that_never_beats_the_probe_keeps_the_probe(shapes_dir, with
     code, _, err = run_cli(capsys, "train", shapes_dir, "--out", tmp_path / "run", "--epochs", "1", "--lr", "5",
                            "--no-progress", "--no-report")
     assert code == 0, err
-    assert "keeping the starting model (the linear probe" in err
+    assert "keeping the starting model" in err
     metrics = _bundle_config(tmp_path / "run")["metrics"]
     # the saved model is exactly what was validated: no BatchNorm statistics recomputed after restoring it
     assert metrics["accuracy"] == pytest.approx(metrics["linear_probe_accuracy"], abs=1e-9)

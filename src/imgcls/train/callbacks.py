@@ -55,8 +55,8 @@ class EarlyStopping(Callback):
     def on_train_end(self, trainer):
         if self.best_state is not None and self.best_epoch != (trainer.history[-1]["epoch"] if trainer.history else 0):
             if self.best_epoch == 0:
-                log.info("keeping the starting model (the linear probe, val_loss %.4f): no epoch improved on it",
-                         self.best_loss)
+                log.info("keeping the starting model (val_loss %.4f; after transfer, the linear probe): "
+                         "no epoch improved on it", self.best_loss)
             else:
                 log.info("restoring the weights of epoch %d (best val_loss %.4f)", self.best_epoch, self.best_loss)
             trainer.model.load_state_dict(self.best_state)
