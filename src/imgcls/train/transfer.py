@@ -105,12 +105,14 @@ class UnfreezeBackbone(Callback):
 def head_inputs(model: nn.Module, batches) -> tuple[torch.Tensor, torch.Tensor]:
     """The features the head sees for every image in `batches`, computed once (eval mode),
     caught at the head's input so every architecture gives what its classifier reads."""
+    from tqdm.auto import tqdm
+
     captured = []
     hook = classifier_head(model).register_forward_pre_hook(lambda _, args: captured.append(args[0].float().cpu()))
     model.eval()
     targets = []
-    try:
-        for images, target in batches:
+    try:  # a minute or two for thousands of photos on a CPU: worth a bar (shown on terminals only)
+        for images, target in tqdm(batches, desc="frozen features", unit="batch", leave=False, disable=None):
             model(images)
             targets.append(target.cpu())
     finally:
