@@ -27,7 +27,7 @@ def make_loss(config: TrainConfig, class_weights: torch.Tensor | None) -> nn.Mod
     return nn.CrossEntropyLoss(weight=class_weights, label_smoothing=config.label_smoothing)
 
 
-def _correct(logits: torch.Tensor, targets: torch.Tensor, multi_label: bool) -> torch.Tensor:
+def count_correct(logits: torch.Tensor, targets: torch.Tensor, multi_label: bool) -> torch.Tensor:
     """Correct decisions in the batch: top-1 hits, or per-label hits at 0.5 for multi-label."""
     if multi_label:
         return ((logits > 0) == (targets > 0.5)).float().mean(dim=1).sum()
@@ -159,7 +159,7 @@ class Trainer:
             loss, logits, targets = self.train_step(images, targets)
             seen += len(images)
             loss_sum += loss.detach() * len(images)
-            correct += _correct(logits.detach(), targets, self.config.multi_label)
+            correct += count_correct(logits.detach(), targets, self.config.multi_label)
             for callback in self.callbacks:
                 callback.on_batch_end(self, RunningMetrics(loss_sum, correct, seen))
         return {"epoch": self.epoch, "train_loss": loss_sum.item() / seen, "train_accuracy": correct.item() / seen,
@@ -183,7 +183,7 @@ class Trainer:
     def validate(self) -> dict:
         logits, targets = predict_logits(self.eval_model, self.val_batches, self.config.precision)
         loss = self.loss_fn(logits, targets).item()
-        return {"val_loss": loss, "val_accuracy": _correct(logits, targets, self.config.multi_label).item() / len(targets)}
+        return {"val_loss": loss, "val_accuracy": count_correct(logits, targets, self.config.multi_label).item() / len(targets)}
 
     def state_dict(self) -> dict:
         return {

@@ -32,7 +32,7 @@ from .calibration import fit_temperature
 from .callbacks import CHECKPOINT_FILE, Checkpoint, EarlyStopping, EpochLog, HistoryCSV, Lookahead, ProgressBar, write_history
 from .config import TrainConfig
 from .defaults import choose_img_size, choose_model, choose_schedule, median_side, scratch_fallback
-from .loop import Trainer, make_loss, predict_logits
+from .loop import Trainer, count_correct, make_loss, predict_logits
 from .probe import fit_linear_probe
 from .time_budget import fit_epochs_to_budget
 from .transfer import (SMALL_BATCH, UnfreezeBackbone, classifier_head, frozen_early_layers, head_inputs, layer_lr_scales,
@@ -184,17 +184,15 @@ def _fit_probe_head(model: Classifier, config: TrainConfig, train_set: DecodedSp
         head.weight.copy_(probe.weight)
         head.bias.copy_(probe.bias)
     val_logits = probe.logits(val_features)
-    result = ProbeResult(_accuracy(probe.logits(train_features), train_targets, config.multi_label),
-                         _accuracy(val_logits, val_targets, config.multi_label),
+
+    def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:  # as Trainer.validate counts it
+        return count_correct(logits, targets, config.multi_label).item() / len(targets)
+
+    result = ProbeResult(accuracy(probe.logits(train_features), train_targets), accuracy(val_logits, val_targets),
                          loss_fn.cpu()(val_logits, val_targets).item(), time.perf_counter() - start)
     log.info("linear probe on the frozen features (L2 %.0e): train accuracy %.4f, validation accuracy %.4f (%.1fs)",
              probe.l2, result.train_accuracy, result.val_accuracy, result.seconds)
     return result
-
-
-def _accuracy(logits: torch.Tensor, targets: torch.Tensor, multi_label: bool) -> float:
-    hits = (logits > 0) == (targets > 0.5) if multi_label else logits.argmax(1) == targets.argmax(1)
-    return hits.sum().item() / hits.numel()  # counted in Python: the same float as evaluation's accuracy
 
 
 def _make_trainer(model: Classifier, config: TrainConfig, train_set: DecodedSplit, val_set: DecodedSplit,
@@ -229,7 +227,7 @@ def _make_trainer(model: Classifier, config: TrainConfig, train_set: DecodedSpli
 def _finish(model: Classifier, config: TrainConfig, dataset: LabelledImages, val_set: DecodedSplit,
             run_dir: Path, device: torch.device, weights_source: str, probe: ProbeResult | None) -> tuple[Path, dict]:
     """Calibrate on validation, evaluate, and save the bundle."""
-    logits, _ = predict_logits(model, Batches(val_set.pixels, val_set.targets, max(config.batch_size, 128), device=device),
+    logits, _ = predict_logits(model, Batches(val_set.pixels, val_set.targets, max(config.batch_size, FEATURE_BATCH), device=device),
                                tta=config.tta)
     temperature = 1.0 if config.multi_label else fit_temperature(logits, val_set.targets.argmax(1))
     probs = (logits.sigmoid() if config.multi_label else (logits / temperature).softmax(1)).numpy()
