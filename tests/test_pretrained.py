@@ -130,6 +130,7 @@ def test_a_local_weights_file_starts_the_run_and_is_recorded(shapes_dir, tmp_pat
     assert code == 0, err
     config = _bundle_config(tmp_path / "run")
     assert config["weights_source"] == f"file:{weights.resolve()}" and config["training_mode"] == "freeze"
+    assert config["img_size"] == 224  # the size the weights were trained at, not the images' 96 px
     assert config["metrics"]["accuracy"] >= 0.75
 
 

@@ -77,6 +77,10 @@ class TrainConfig:
     def resolved_weight_decay(self) -> float:
         return self.weight_decay if self.weight_decay is not None else DEFAULT_WEIGHT_DECAY[self.optimizer]
 
+    def starts_from_pretrained_weights(self) -> bool:
+        """timm's weights or a local file of them: trained at the architecture's size, on other images."""
+        return bool(self.pretrained) or self.weights is not None
+
     def resolved_mode(self) -> str:
         starts_trained = self.pretrained or self.weights is not None or self.init_from is not None
         if self.mode == "auto":

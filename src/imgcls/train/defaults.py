@@ -71,12 +71,12 @@ def scratch_fallback(config: TrainConfig) -> TrainConfig:
 
 
 def choose_img_size(config: TrainConfig, side: int | None) -> int:
-    """Pretrained: the size its weights were trained at. Scratch: the model's design size, or the
+    """Pretrained (timm or --weights): the size its weights were trained at. Scratch: the model's design size, or the
     images' median side when smaller (no upscaling of CIFAR)."""
     design = default_img_size(config.model)
     if config.img_size is not None:
         return config.img_size
-    if config.pretrained or side is None:
+    if config.starts_from_pretrained_weights() or side is None:
         return design
     size = max(MIN_AUTO_IMG_SIZE, min(design, -(-side // 8) * 8))
     if size < THUMBNAIL_PX and side >= SHRINK_WARNING * size:

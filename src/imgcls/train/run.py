@@ -215,11 +215,12 @@ def _make_trainer(model: Classifier, config: TrainConfig, train_set: DecodedSpli
         set_backbone_trainable(model, False)
     elif mode == "finetune":
         lr_scales = layer_lr_scales(model, config.layer_decay)
-        frozen = frozen_early_layers(lr_scales) if config.pretrained else frozenset()
+        pretrained = config.starts_from_pretrained_weights()
+        frozen = frozen_early_layers(lr_scales) if pretrained else frozenset()
         # Pretrained BatchNorm keeps its ImageNet statistics (as Keras' fine-tuning guide advises): the
         # probe head was fitted on features normalised with them. Trained instead, CIFAR-10 at 100 per
         # class fell from 75% to 39-41% validation after 2 epochs (bench/pretrained.py's data).
-        freeze_batchnorm = config.pretrained or config.batch_size < SMALL_BATCH
+        freeze_batchnorm = pretrained or config.batch_size < SMALL_BATCH
         callbacks.append(UnfreezeBackbone(config.head_epochs, freeze_batchnorm, frozen))
     return Trainer(model, config, train_batches, val_batches, augment, make_loss(config, weights), callbacks, device, lr_scales)
 
