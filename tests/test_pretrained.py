@@ -188,7 +188,7 @@ def test_a_time_budget_chooses_the_epochs_and_the_run_ends_within_it(digits_dir,
     budget = 25
     start = time.perf_counter()
     code, _, err = run_cli(capsys, "train", digits_dir, "--out", tmp_path / "run", "--model", "cnn-bn", "--img-size", "32",
-                           "--time", f"{budget}s", "--no-progress", "--no-report")
+                           "--time", f"{budget}s", "--no-progress", "--no-report", "--device", "cpu")
     elapsed = time.perf_counter() - start
     assert code == 0, err
     history = (tmp_path / "run" / "history.csv").read_text().splitlines()[1:]

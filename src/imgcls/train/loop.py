@@ -182,7 +182,7 @@ class Trainer:
 
     def validate(self) -> dict:
         logits, targets = predict_logits(self.eval_model, self.val_batches, self.config.precision)
-        loss = self.loss_fn(logits, targets).item()
+        loss = self.loss_fn(logits.to(self.device), targets.to(self.device)).item()  # class weights live there
         return {"val_loss": loss, "val_accuracy": count_correct(logits, targets, self.config.multi_label).item() / len(targets)}
 
     def state_dict(self) -> dict:
@@ -194,7 +194,8 @@ class Trainer:
             "schedule": self.schedule.state_dict(),
             "callbacks": {type(c).__name__: c.state_dict() for c in self.callbacks},
             "rng": {"torch": torch.get_rng_state(), "batches": self.train_batches.generator.get_state(),
-                    "augment": self.augment_generator.get_state()},
+                    "augment": self.augment_generator.get_state(),
+                    "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None},
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -209,3 +210,5 @@ class Trainer:
         torch.set_rng_state(state["rng"]["torch"])
         self.train_batches.generator.set_state(state["rng"]["batches"])
         self.augment_generator.set_state(state["rng"]["augment"])
+        if self.device.type == "cuda" and state["rng"].get("cuda") is not None:  # dropout and mixing draw there
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
