@@ -17,7 +17,7 @@ from imgcls.cli.main import main
 from imgcls.errors import ImgclsError
 from imgcls.explain.report import MISTAKES_SHOWN, write_report
 
-SECTIONS = ("audit", "curves", "confusion", "report", "confused-pairs", "mistakes", "calibration", "correct")
+SECTIONS = ("audit", "curves", "confusion", "report", "confused-pairs", "mistakes", "suspect-labels", "calibration", "correct")
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -54,6 +54,20 @@ def test_mistakes_are_the_validation_images_whose_true_class_scored_lowest(repor
     captions = re.findall(r"<figcaption>(.*?)</figcaption>", _section(report.read_text(encoding="utf-8"), "mistakes"))
     assert [caption.split(":")[0] for caption in captions] == [Path(row["path"]).name for row in rows]
     assert all(f"true {row['true']}, predicted {row['predicted']}" in caption for caption, row in zip(captions, rows))
+
+
+def test_suspect_labels_are_validation_images_another_class_claims_as_surely_as_its_own(report, trained_run):
+    with open(trained_run.run_dir / "evaluation" / "predictions.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    own = {name: [float(r["true_score"]) for r in rows if r["true"] == name] for name in {r["true"] for r in rows}}
+    claimed = [r for r in rows if r["predicted"] != r["true"]
+               and float(r["score"]) >= sum(own[r["predicted"]]) / len(own[r["predicted"]])]
+    claimed.sort(key=lambda r: float(r["true_score"]) - float(r["score"]))  # the widest margin first
+    section = _section(report.read_text(encoding="utf-8"), "suspect-labels")
+    captions = re.findall(r"<figcaption>(.*?)</figcaption>", section)
+    assert [caption.split(":")[0] for caption in captions] == [Path(r["path"]).name for r in claimed[:6]]
+    assert f"{len(claimed)} of {len(rows)} validation images" in section or not claimed
+    assert "imgcls audit" in section and "--labels" in section
 
 
 def test_audit_metrics_and_calibration_numbers_come_from_the_run(report, trained_run):

@@ -76,6 +76,28 @@ def _groups_section(title: str, groups, root: str) -> list[str]:
     return lines
 
 
+def _suspects_section(report: dict) -> list[str]:
+    """The label check's three lists, most suspicious first, and where the review page is."""
+    root, check = report["root"], report["label_check"]
+    issues = [f"{_relative(item['path'], root)}  given '{item['given']}', looks like '{item['suggested']}' "
+              f"(score {item['score']:.2f})" for item in report["label_issues"]]
+    outliers = [f"{_relative(item['path'], root)}  ({item['given']}, further from its neighbours than "
+                f"{100 * item['score']:.1f}% of images)" for item in report["outliers"]]
+    quality = [f"{_relative(item['path'], root)}  ({item['given']}): {', '.join(item['problems'])}"
+               for item in report["quality"]]
+    noise = check["estimated_label_noise"]
+    lines = [f"Label check of {check['images']} images ({check['features']}, {check['folds']}-fold, {check['seconds']:g}s)"
+             + (f": about {100 * noise:.1f}% of labels look wrong" if noise is not None else "")]
+    if not check["label_issues_checked"]:
+        lines.append("  label issues: not checked (single-label data only)")
+    for title, items in (("Label issues", issues), ("Outliers (off-topic)", outliers), ("Quality", quality)):
+        lines += ["", *([f"{title} ({len(items)}):", *_bounded(items)] if items else [f"{title}: none"])]
+    if report.get("review_page"):
+        lines += ["", f"Review them: {report['review_page']} (open in a browser; save decisions.csv, then "
+                      f"imgcls train {root} --manifest decisions.csv)"]
+    return lines
+
+
 def render_audit(report: dict) -> str:
     """The audit report as a plain-text table and sections, ending with the warnings."""
     root = report["root"]
@@ -98,5 +120,6 @@ def render_audit(report: dict) -> str:
         f"Leakage (duplicate groups spanning train and validation/test): {leakage}" if leakage else "Leakage: none found",
         "",
         *(["Warnings:", *_bounded([f"- {w}" for w in report["warnings"]])] if report["warnings"] else ["Warnings: none"]),
+        *(["", *_suspects_section(report)] if "label_check" in report else []),
     ]
     return "\n".join(lines) + "\n"

@@ -30,6 +30,11 @@ photos (images of 64 px or more) start from ImageNet weights: efficientnet_lite0
 linear probe; thumbnails (CIFAR, MNIST) train cnn-bn from scratch. Without cached weights and no
 network, the run says so and trains from scratch."""
 
+EPILOG_AUDIT = """examples:
+  imgcls audit data/                       counts, sizes, corrupt files, duplicates, leakage (seconds)
+  imgcls audit data/ --labels              also wrong labels, off-topic and low-quality images, and a review page
+  imgcls train data/ --manifest decisions.csv     train with the decisions saved from that page
+"""
 EPILOG_SERVE = """examples:
   imgcls serve runs/data                   # page at http://127.0.0.1:8000, API docs at /docs
   imgcls serve runs/data --host 0.0.0.0    # reachable from other machines too
@@ -119,6 +124,8 @@ def _train_parser(commands) -> None:
     g.add_argument("--test-split", type=float)
     g.add_argument("--multi-label", action="store_true", help="several labels per image (sigmoid + BCE)")
     g.add_argument("--labels", dest="labels_csv", metavar="CSV", help="multi-label labels: path,labels (';'-separated)")
+    g.add_argument("--manifest", metavar="CSV", help="review decisions to apply (path,action,label: keep, relabel or "
+                                                    "drop), as saved by the page of `imgcls audit --labels`")
     g.add_argument("--tta", choices=TTA_MODES, help="test-time augmentation stored in the bundle (default none)")
     g.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     g.add_argument("--precision", choices=PRECISIONS,
@@ -234,11 +241,23 @@ def _add_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--outliers", required=True, help="folder of images of none of the classes")
     p.add_argument("--no-save", action="store_true", help="report only; do not store the threshold in the bundle")
     p.add_argument("--format", choices=("table", "json"), default="table")
-    p = commands.add_parser("audit", help="check a dataset: counts, imbalance, corrupt files, duplicates, leakage")
+    p = commands.add_parser("audit", help="check a dataset: counts, imbalance, corrupt files, duplicates, leakage; "
+                                          "with --labels also wrong labels, off-topic and low-quality images",
+                            epilog=EPILOG_AUDIT, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--val-split", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
+    g = p.add_argument_group("labels (--labels)")
+    g.add_argument("--labels", dest="check_labels", action="store_true",
+                   help="find images whose label looks wrong, that fit no class, or are of poor quality, and write a "
+                        "review page (minutes on a CPU for thousands of images)")
+    g.add_argument("--review", type=Path, metavar="HTML",
+                   help="where to write the review page (default: DATA-review.html in the current folder)")
+    g.add_argument("--folds", type=int, default=5, help="cross-validation folds for the label check (default 5)")
+    g.add_argument("--no-pretrained", dest="pretrained", action="store_false",
+                   help="compare images by their pixels rather than an ImageNet backbone's features")
+    g.add_argument("--device", default="auto")
     p = commands.add_parser("models", help="list built-in models and timm architectures")
     p.add_argument("pattern", nargs="?", default="", help="substring filter, e.g. mobilenet")
     p = commands.add_parser("demo", help="train, evaluate and predict on the bundled digits dataset")
@@ -340,6 +359,15 @@ def cmd_audit(args) -> int:
     from .audit_text import render_audit
 
     report = audit(args.data, val_split=args.val_split, seed=args.seed)
+    if args.check_labels:
+        from ..clean.labels import audit_labels
+        from ..clean.review import write_review_page
+
+        if args.folds < 2:
+            raise UsageError(f"--folds must be 2 or more, got {args.folds}")
+        report.update(audit_labels(args.data, args.val_split, args.seed, args.folds, args.device, args.pretrained))
+        page = args.review or Path(f"{Path(args.data).resolve().name}-review.html")
+        report["review_page"] = str(write_review_page(report, page))
     print(json.dumps(report, indent=2) if args.format == "json" else render_audit(report))
     return ExitStatus.OK
 

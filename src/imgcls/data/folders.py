@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import ImgclsError
 from .images import is_image_path
+from .manifest import apply_manifest, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +164,10 @@ def discover(
     seed: int = 0,
     multi_label: bool = False,
     labels_csv: str | Path | None = None,
+    manifest: str | Path | None = None,
 ) -> LabelledImages:
-    """Find the labelled images under root and split them into train/validation(/test)."""
+    """Find the labelled images under root and split them into train/validation(/test); a manifest's
+    decisions (data.manifest) apply after the split, so every other image stays in its split."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise ImgclsError(f"data folder '{root}' does not exist or is not a folder")
@@ -208,6 +211,8 @@ def discover(
         fraction = val_split / (1 - test_split) if carve_test else val_split
         dataset.splits["train"], dataset.splits["validation"] = _stratified_split(dataset.splits["train"], fraction, seed + 1)
     dataset.splits = {s: dataset.splits[s] for s in ("train", "validation", "test") if s in dataset.splits}
+    if manifest is not None:
+        dataset = apply_manifest(dataset, read_manifest(manifest, root))
     for split, samples in dataset.splits.items():
         if not samples:
             raise ImgclsError(f"the {split} split of '{root}' is empty; add images or lower --val-split/--test-split")

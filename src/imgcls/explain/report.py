@@ -2,8 +2,8 @@
 
 Sections (their HTML ids): the dataset audit (`audit`), learning curves (`curves`), confusion
 matrix (`confusion`), classification report (`report`), most-confused class pairs
-(`confused-pairs`), the worst mistakes with their Grad-CAM (`mistakes`), calibration
-(`calibration`) and a sample of correct predictions (`correct`).
+(`confused-pairs`), the worst mistakes with their Grad-CAM (`mistakes`), suspect labels
+(`suspect-labels`), calibration (`calibration`) and a sample of correct predictions (`correct`).
 
 Everything comes from what training wrote (evaluation/metrics.json, predictions.csv and plots,
 data.json), plus an audit of the data folder and Grad-CAM maps from the bundle. The page has
@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 REPORT_FILE = "report.html"
 MISTAKES_SHOWN = 12  # the top losses: enough to see a pattern, few enough to look at each
 CORRECT_SHOWN = 8
+SUSPECTS_SHOWN = 6  # the likeliest wrong labels; the audit's review page has the rest
 SAMPLE_SEED = 0  # the same run always shows the same correct examples
 LISTED_FILES = 20  # corrupt files and duplicate groups listed by name; the rest are counted
 
@@ -112,6 +113,28 @@ def _gallery(predictor, rows: list[dict], empty: str) -> str:
     return H.gallery(figures)
 
 
+def _suspect_labels_section(predictor, predictions: list[dict], multi_label: bool, data_dir) -> str:
+    """Validation images the model gives to another class as confidently as that class's own images
+    (confident learning's rule, clean.confident): the likeliest wrong labels among them."""
+    import numpy as np
+
+    from ..clean.confident import suspects_among_predictions
+
+    advice = f"Run `imgcls audit {data_dir or 'DATA'} --labels` to check every image, with a page to review them."
+    if multi_label or not predictions:
+        return H.note("Checked for single-label runs. " + advice)
+    index = {name: i for i, name in enumerate(predictor.classes)}
+    labels = np.array([index[row["true"]] for row in predictions])
+    predicted = np.array([index[row["predicted"]] for row in predictions])
+    found = suspects_among_predictions(np.array([float(row["true_score"]) for row in predictions]),
+                                       np.array([float(row["score"]) for row in predictions]), labels, predicted)
+    rows = [predictions[i] for i in found[:SUSPECTS_SHOWN]]
+    summary = (f"{len(found)} of {len(predictions)} validation images look like another class as surely as that "
+               f"class's own images do; the labels of the first few may be wrong. ")
+    return H.note(summary + advice) + _gallery(predictor, rows, "None of them is available to show.") if rows else \
+        H.note(f"No validation image is claimed by another class with confidence. {advice}")
+
+
 def _calibration_section(metrics: dict, evaluation: Path) -> str:
     if metrics.get("task") == "multi-label":
         return H.note("Reliability and ECE are computed for single-label tasks.")
@@ -147,6 +170,8 @@ def build_report(run_dir: str | Path, device: str = "cpu") -> str:
         ("mistakes", "Worst mistakes (top losses)", H.note("The validation images whose true class got the lowest "
                                                            "score, with Grad-CAM of the predicted class.")
          + _gallery(predictor, worst, "No validation image files are available to show.")),
+        ("suspect-labels", "Suspect labels", _suspect_labels_section(predictor, predictions, multi,
+                                                                    summary.get("data_dir"))),
         ("calibration", "Calibration", _calibration_section(metrics, evaluation)),
         ("correct", "Correct predictions (a random sample)",
          _gallery(predictor, sample, "No correctly predicted validation image is available to show.")),

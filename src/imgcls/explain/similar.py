@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 INDEX_FILE, INDEX_META = "similar_index.safetensors", "similar_index.json"
 BATCH_SIZE = 64
-SPLIT_KEYS = ("val_split", "test_split", "seed", "multi_label", "labels_csv")  # how the run split its data
+SPLIT_KEYS = ("val_split", "test_split", "seed", "multi_label", "labels_csv", "manifest")  # how the run split its data
 
 
 @torch.inference_mode()

@@ -55,6 +55,7 @@ class TrainConfig:
     tta: str = "none"  # test-time augmentation stored in the bundle for predict/evaluate/serve (none, flip)
     multi_label: bool = False
     labels_csv: str | None = None  # multi-label: path,labels CSV (labels ';'-separated)
+    manifest: str | None = None  # path,action,label CSV of review decisions (data.manifest): drops and relabels
     pretrained: bool | None = None  # None: yes for a timm model on photos, when its weights can be had
     weights: str | None = None  # local checkpoint to start from
     init_from: str | None = None  # an imgcls bundle to start from (train on one dataset, transfer to another)

@@ -90,6 +90,26 @@ def _standardise(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, features.std(0).clamp(min=1e-6)
 
 
+def out_of_fold_probabilities(features: torch.Tensor, targets: torch.Tensor, folds: int = FOLDS,
+                              seed: int = 0) -> torch.Tensor:
+    """(N, C) softmax probabilities of each image from a logistic regression that never saw it:
+    the images are split into `folds`, and each fold is scored by a fit on the others (one L2
+    strength, cross-validated once on all of them). What confident learning ranks labels by."""
+    features, targets = features.float(), targets.float()
+    mean, std = _standardise(features)
+    standardised = (features - mean) / std
+    generator = torch.Generator().manual_seed(seed)
+    probabilities = torch.zeros_like(targets)
+    with torch.enable_grad():
+        l2 = _choose_l2(standardised, targets, False, seed)
+        for fold in torch.randperm(len(features), generator=generator).chunk(folds):
+            keep = torch.ones(len(features), dtype=torch.bool)
+            keep[fold] = False
+            weight, bias = _fit(standardised[keep], targets[keep], l2, False)
+            probabilities[fold] = torch.softmax(standardised[fold] @ weight.T + bias, dim=1)
+    return probabilities
+
+
 def fit_linear_probe(features: torch.Tensor, targets: torch.Tensor, multi_label: bool = False,
                      seed: int = 0) -> LinearProbe:
     """Logistic regression of `targets` (N, C one- or multi-hot) on `features` (N, D), its L2

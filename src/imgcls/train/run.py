@@ -17,6 +17,7 @@ from ..data.audit import find_leakage
 from ..data.augment import build_augment
 from ..data.cache import decode_cached, default_cache_dir
 from ..data.folders import LabelledImages, Sample, discover, multi_hot
+from ..data.manifest import read_manifest
 from ..data.loader import Batches, to_model_input
 from ..errors import ImgclsError
 from ..evaluate.evaluation import write_evaluation
@@ -266,7 +267,8 @@ def train(data_dir: str | Path | None, run_dir: str | Path, config: TrainConfig 
         check_model_name(config.model)
     device = resolve_device(config.device)
 
-    dataset = discover(data_dir, config.val_split, config.test_split, config.seed, config.multi_label, config.labels_csv)
+    dataset = discover(data_dir, config.val_split, config.test_split, config.seed, config.multi_label, config.labels_csv,
+                       config.manifest)
     _warn_about_data(dataset)
     num_classes = len(dataset.classes)
     start = _start_model(config, num_classes, median_side(dataset.splits["train"]), source)
@@ -358,5 +360,6 @@ def _write_data_summary(run_dir: Path, dataset: LabelledImages, data_dir, img_si
     summary = {"data_dir": str(data_dir), "classes": dataset.classes, "counts": dataset.counts(),
                "img_size": img_size, "fingerprint": dataset.fingerprint(), "skipped": skipped,
                "val_split": config.val_split, "test_split": config.test_split, "seed": config.seed,
-               "multi_label": config.multi_label, "labels_csv": config.labels_csv}
+               "multi_label": config.multi_label, "labels_csv": config.labels_csv, "manifest": config.manifest,
+               "manifest_sha256": read_manifest(config.manifest, data_dir).sha256 if config.manifest else None}
     atomic_write_bytes(run_dir / "data.json", json.dumps(summary, indent=2).encode())
