@@ -168,6 +168,9 @@ def main() -> None:
     args = parser.parse_args()
     offline_weights(Path(tempfile.mkdtemp(prefix="imgcls-bench-hf-")))
     decode_every_run()
+    from imgcls.runtime import keep_freed_memory
+
+    keep_freed_memory()  # as every imgcls command does
     torch.set_num_threads(os.cpu_count() or 1)
     rows = []
     for name in args.datasets:

@@ -28,7 +28,7 @@ from ..errors import ImgclsError
 from ..models.classifier import Classifier
 from ..models.registry import create_model
 from ..models.weights import WeightsUnavailable
-from ..runtime import resolve_device
+from ..runtime import keep_freed_memory, resolve_device
 from ..train.defaults import PRETRAINED_MODEL
 from ..train.probe import out_of_fold_probabilities
 from ..train.run import FEATURE_BATCH
@@ -102,6 +102,7 @@ def audit_labels(root, val_split: float = 0.2, seed: int = 0, folds: int = 5, de
     """Label issues, outliers and quality problems of the images under root (see the module docstring):
     a JSON-serialisable dict, each list sorted most suspicious first."""
     start = time.perf_counter()
+    keep_freed_memory()  # 2.2x faster batches of photo-sized activations on a CPU (runtime.keep_freed_memory)
     dataset = discover(root, val_split=val_split, seed=seed, multi_label=multi_label, labels_csv=labels_csv)
     embedded = embed_images(dataset, resolve_device(device), pretrained)
     samples, classes, features = embedded.samples, dataset.classes, embedded.features
