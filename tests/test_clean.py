@@ -162,3 +162,10 @@ def test_a_manifest_that_empties_a_class_is_refused_naming_it(colours_dir, tmp_p
     manifest.write_text("path,action,label\n" + "\n".join(rows) + "\n")
     with pytest.raises(ImgclsError, match="leaves class 'blue' with no training images"):
         discover(colours_dir, manifest=manifest)
+
+
+def test_with_imagenet_weights_the_features_are_the_backbones_and_find_the_same_errors(colours_dir, with_imagenet_weights):
+    found = audit_labels(colours_dir)
+    assert found["label_check"]["features"].startswith("efficientnet_lite0")
+    planted = {f"mislabelled-{colour}-{index}.png" for colour, index, _ in PLANTED}
+    assert set(_names(found["label_issues"][:3])) == planted
