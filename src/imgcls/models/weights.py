@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import pickle
 import re
+import textwrap
 from pathlib import Path
 
 import torch
@@ -32,14 +33,21 @@ def pretrained_timm_model(name: str, num_classes: int, in_chans: int = 3, **kwar
     try:
         return timm.create_model(name, pretrained=True, num_classes=num_classes, in_chans=in_chans, **kwargs)
     except (OSError, RuntimeError, ValueError) as err:  # hub errors subclass these when offline
-        reason = _first_line(err)
+        reason = first_line(err)
         if "offline" in reason.lower() or "cannot find the requested files" in reason:
             reason = "not in the Hugging Face cache, and the hub is unreachable or offline"
         raise WeightsUnavailable(f"could not get pretrained weights for '{name}' ({reason}); {OFFLINE_HINT}") from None
 
 
-def _first_line(err: Exception) -> str:
-    return str(err).splitlines()[0] if str(err) else type(err).__name__
+def first_line(err: Exception, skip: int = 0) -> str:
+    """One short line of an exception's message for a one-line error (`skip` leading lines that say
+    nothing, like load_state_dict's "Error(s) in loading state_dict for ..."). torch's advice to load
+    with weights_only=False (arbitrary code execution) is never passed on."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    text = lines[min(skip, len(lines) - 1)] if lines else type(err).__name__
+    if "weights_only" in text:
+        return "torch reads it only by unpickling code, which imgcls never does"
+    return textwrap.shorten(text, 200, placeholder=" ...")
 
 
 def pretrained_source(model: nn.Module) -> str:
@@ -61,14 +69,16 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:  # torch's message advises weights_only=False: unsafe, not ours to give
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        # torch 2.4-2.x: "... Unsupported global: GLOBAL mod.Class was not an allowed global by default",
+        # or "Trying to load unsupported GLOBAL mod.Class whose module mod is blocked"
+        found = re.search(r"GLOBAL (\S+)", str(err))
         if found:
-            raise ImgclsError(f"weights file '{path}' holds a Python object ({found[1]}) and imgcls never unpickles "
-                              "code; save only model.state_dict() (torch.save or safetensors) and pass that") from None
-        raise ImgclsError(f"could not read weights file '{path}': not a PyTorch state dict (damaged?)") from None
+            raise ImgclsError(f"weights file '{path}' holds a Python object ({found[1]}), and imgcls never "
+                              "unpickles code from a file; save only model.state_dict() (torch.save or safetensors) "
+                              "and pass that") from None
+        raise ImgclsError(f"could not read weights file '{path}': not a PyTorch state dict of tensors (damaged?)") from None
     except Exception as err:
-        reason = str(err).splitlines()[0] if str(err) else ""
-        raise ImgclsError(f"could not read weights file '{path}': {type(err).__name__}: {reason}") from None
+        raise ImgclsError(f"could not read weights file '{path}': {type(err).__name__}: {first_line(err)}") from None
     for key in ("state_dict", "model", "model_state"):  # common checkpoint wrappers
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

@@ -33,6 +33,7 @@ class TrainConfig:
     # None below: chosen for the data by train.defaults (photos: pretrained efficientnet_lite0; thumbnails: cnn-bn)
     model: str | None = None  # or the --init-from bundle's architecture
     img_size: int | None = None  # pretrained: its training size; scratch: the design size, or the images' if smaller
+    max_img_size: int = 1024  # a typo like 100000 px would reserve ~900 GB of decode cache and fail with ENOMEM
     epochs: int | None = None  # scratch 30; transfer: ~10k images seen, 5-30 epochs
     batch_size: int | None = None  # scratch 64, transfer 32; halved until an epoch has 8 steps
     time_budget_s: float | None = None  # --time: epochs chosen so the whole run ends within it
@@ -100,8 +101,7 @@ class TrainConfig:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UsageError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.img_size is not None and self.img_size < 8:
-            raise UsageError(f"img_size must be at least 8 pixels, got {self.img_size}")
+        self._validate_img_size()
         if not 0 <= self.momentum < 1:
             raise UsageError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.norm_lr_scale <= 0:
@@ -115,6 +115,18 @@ class TrainConfig:
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise UsageError(f"time must be positive, e.g. 10m or 90s; got {self.time_budget_s} s")
         return self
+
+    def _validate_img_size(self) -> None:
+        from ..models.bundle import MAX_BUNDLE_IMG_SIZE, MIN_IMG_SIZE
+
+        if not MIN_IMG_SIZE <= self.max_img_size <= MAX_BUNDLE_IMG_SIZE:
+            raise UsageError(f"--max-img-size must be between {MIN_IMG_SIZE} and {MAX_BUNDLE_IMG_SIZE} pixels "
+                             f"(a bundle may not declare more), got {self.max_img_size}")
+        if self.img_size is not None and self.img_size < MIN_IMG_SIZE:
+            raise UsageError(f"--img-size must be at least {MIN_IMG_SIZE} pixels, got {self.img_size}")
+        if self.img_size is not None and self.img_size > self.max_img_size:
+            raise UsageError(f"--img-size {self.img_size} is over the {self.max_img_size}-pixel limit; "
+                             f"pass --max-img-size N to allow more (up to {MAX_BUNDLE_IMG_SIZE})")
 
     @classmethod
     def from_recipe(cls, recipe: str, **options) -> "TrainConfig":
