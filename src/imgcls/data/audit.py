@@ -33,7 +33,7 @@ from scipy.sparse.csgraph import connected_components
 from ..errors import ImgclsError
 from . import images
 from .folders import LabelledImages, Sample, discover, find_split_folders
-from .images import UnreadableImage, decode_image
+from .images import UnreadableImage, decode_image, file_error
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,14 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _readable_sha256(path: Path) -> str | None:
+    """None for a file that cannot be read: the decode that follows skips it and says why."""
+    try:
+        return _sha256(path)
+    except OSError:
+        return None
+
+
 def _phash(rgb: np.ndarray) -> int:
     """64-bit DCT perceptual hash."""
     # Hand-written (10 lines): scipy already comes with scikit-learn; `imagehash` would add PyWavelets.
@@ -85,8 +93,8 @@ def _inspect(path: Path, with_hash: bool) -> _FileInfo:
     """Hash the bytes, then decode once for size/mode/format, corruption and the perceptual hash."""
     try:
         digest = _sha256(path)
-    except OSError as err:
-        return _FileInfo(None, f"cannot read the file ({err.strerror or type(err).__name__})")
+    except OSError as err:  # a broken link or no permission: listed with the corrupt files, as training skips it
+        return _FileInfo(None, file_error(path, err))
     try:
         # decode_image's own opener, so a file is corrupt here exactly when training would skip it;
         # opening first lets us read the header and ask for a cheap JPEG draft before decoding.
@@ -231,7 +239,7 @@ def find_leakage(dataset: LabelledImages) -> list[dict]:
     file is read once and nothing is decoded, so this is cheap enough to run before training.
     """
     entries = _entries(dataset)
-    digests = _map_threads(_sha256, [sample.path for _, sample in entries], "checking for leakage")
+    digests = _map_threads(_readable_sha256, [sample.path for _, sample in entries], "checking for leakage")
     digests = [None if digest == EMPTY_SHA256 else digest for digest in digests]
     groups = [_group(indices, entries, dataset.classes) for indices in _indices_by_key(digests)]
     return sorted(filter(_spans_train, groups), key=lambda group: group["paths"])

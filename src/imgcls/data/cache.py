@@ -10,7 +10,7 @@ The disk cache lives in $IMGCLS_CACHE_DIR, else $XDG_CACHE_HOME/imgcls/decoded, 
 ~/.cache/imgcls/decoded; `IMGCLS_CACHE_DIR=off` (or `cache_dir=None`) turns it off. An entry is
 SLOT.npy (the pixels of the readable files) and SLOT.json (the files' stamp, and
 which failed and why). SLOT names the list of paths, the image size, DECODE_VERSION and Pillow's version;
-the stamp hashes the byte size and mtime_ns of every file, so an edited file decodes again and replaces
+the stamp hashes the byte size, mtime_ns and mode of every file, so an edited file decodes again and replaces
 the entry. Nothing is written beside the images; a cache that cannot be written or read costs a warning
 and a decode, never a run. The cache keeps within $IMGCLS_CACHE_MAX_GB (default 20): writing an entry
 removes the least recently used ones beyond it (a hit counts as a use).
@@ -35,11 +35,11 @@ import PIL
 import torch
 
 from ..fileio import atomic_path, atomic_write_bytes
-from .images import UnreadableImage, decode_image
+from .images import UnreadableImage, decode_image, file_error
 
 log = logging.getLogger(__name__)
 
-DECODE_VERSION = 2  # bump whenever decode_image's output or the entry's layout changes: it retires every entry
+DECODE_VERSION = 3  # bump whenever decode_image's output or the entry's layout changes: it retires every entry
 CACHE_ENV = "IMGCLS_CACHE_DIR"
 CACHE_OFF = "off"
 BUDGET_ENV = "IMGCLS_CACHE_MAX_GB"
@@ -109,7 +109,7 @@ def _file_stamp(path) -> str:
         stat = os.stat(path)
     except OSError:  # reported as failed by the decode; it must count as a change once it appears
         return "missing"
-    return f"{stat.st_size} {stat.st_mtime_ns}"
+    return f"{stat.st_size} {stat.st_mtime_ns} {stat.st_mode:o}"  # the mode: an unreadable file made readable changed
 
 
 _worker_job: tuple | None = None  # in a worker process: (paths, size, rows) of the decode, inherited at fork
@@ -132,8 +132,10 @@ def _decode_range(start: int, stop: int, job: tuple | None = None) -> tuple[list
         stamps.append(_file_stamp(paths[index]))
         try:
             rows[index] = decode_image(paths[index], size)
-        except (UnreadableImage, OSError) as err:
+        except UnreadableImage as err:
             failures.append((index, str(err)))
+        except OSError as err:  # the file itself: missing, a broken link, no permission
+            failures.append((index, file_error(paths[index], err)))
     return stamps, failures
 
 

@@ -12,9 +12,10 @@ import csv
 import glob
 import hashlib
 import logging
+import os
 import random
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -55,8 +56,12 @@ class LabelledImages:
         digest = hashlib.sha1("\n".join(self.classes).encode())
         for split in sorted(self.splits):
             for sample in self.splits[split]:
-                stat = sample.path.stat()
-                digest.update(f"{split}|{sample.path}|{stat.st_size}|{stat.st_mtime_ns}|{sample.labels}".encode())
+                try:
+                    stat = sample.path.stat()
+                    stamp = f"{stat.st_size}|{stat.st_mtime_ns}"
+                except OSError:  # a broken link, skipped when decoded: mending it is a change
+                    stamp = "missing"
+                digest.update(f"{split}|{sample.path}|{stamp}|{sample.labels}".encode())
         return digest.hexdigest()[:16]
 
     def counts(self) -> dict[str, dict[str, int]]:
@@ -75,8 +80,14 @@ def _subfolders(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def _is_file_or_broken_link(path: Path) -> bool:
+    """A file, or a link that leads nowhere: kept so that reading it reports the broken link, where
+    leaving it out would lose the image without a word. Folders, pipes and devices are not files."""
+    return path.is_file() or (path.is_symlink() and not path.exists())
+
+
 def _images_under(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_path(p))
+    return sorted(p for p in folder.rglob("*") if is_image_path(p) and _is_file_or_broken_link(p))
 
 
 def _read_class_folders(folder: Path, multi_label: bool) -> dict[Path, set[str]]:
@@ -91,7 +102,10 @@ def _read_class_folders(folder: Path, multi_label: bool) -> dict[Path, set[str]]
             raise ImgclsError(f"class folder '{class_dir}' has no images; add some or remove the folder")
         for path in images:
             if multi_label:
-                key = hashlib.sha1(path.read_bytes()).hexdigest()
+                try:
+                    key = hashlib.sha1(path.read_bytes()).hexdigest()
+                except OSError:  # unreadable: it matches no copy, and decoding reports it as skipped
+                    key = str(path)
                 path = by_content.setdefault(key, path)
             labelled.setdefault(path, set()).add(class_dir.name)
     return labelled
@@ -117,6 +131,36 @@ def _stratified_split(pool: list[Sample], fraction: float, seed: int) -> tuple[l
     return kept, taken
 
 
+def _csv_image(value: str, root: Path, where: str) -> Path:
+    """The file a labels CSV row names, which must lie in the data folder `root` (either spelling of it:
+    as given, or with its links resolved). Judged on the path as written, normalised but with links not
+    followed: a link in the folder to a shared image store is allowed, as it is in class folders, while
+    '../x.jpg' or '/elsewhere/x.jpg' is a row of another dataset."""
+    resolved = root.resolve()
+    path = Path(os.path.normpath(resolved / Path(value).expanduser()))
+    if not (path.is_relative_to(resolved) or path.is_relative_to(os.path.abspath(root))):
+        raise ImgclsError(f"{where}: image '{value}' is outside the data folder '{root}'; "
+                          "move it into the folder and write its path relative to it")
+    if not path.is_file():
+        raise ImgclsError(f"{where}: image '{value}' not found under '{root}'")
+    return path
+
+
+def _csv_labels(row: dict, where: str) -> set[str]:
+    """The ';'-separated class names of a row. An empty cell is an image of none of the classes (a
+    multi-label negative); an empty name among others ('cat;;dog', 'cat;') is a typo."""
+    if None in row:  # DictReader files the fields past the header under None
+        raise ImgclsError(f"{where}: more fields than the header names; separate labels with ';', not ','")
+    if row["labels"] is None:
+        raise ImgclsError(f"{where}: no labels field; write 'PATH,LABELS', or 'PATH,' for an image of none of the classes")
+    if not row["labels"].strip():
+        return set()
+    names = [name.strip() for name in row["labels"].split(";")]
+    if "" in names:
+        raise ImgclsError(f"{where}: empty label in {row['labels']!r}; separate names with one ';' and end with a name")
+    return set(names)
+
+
 def _labels_from_csv(csv_path: Path, root: Path) -> dict[Path, set[str]]:
     if not csv_path.is_file():
         raise ImgclsError(f"labels file '{csv_path}' does not exist")
@@ -125,11 +169,9 @@ def _labels_from_csv(csv_path: Path, root: Path) -> dict[Path, set[str]]:
         reader = csv.DictReader(handle)
         if not reader.fieldnames or not {"path", "labels"} <= set(reader.fieldnames):
             raise ImgclsError(f"{csv_path}:1: labels file needs a header 'path,labels'; got {reader.fieldnames}")
-        for line, row in enumerate(reader, start=2):
-            path = (root / row["path"]).resolve() if not Path(row["path"]).is_absolute() else Path(row["path"])
-            if not path.is_file():
-                raise ImgclsError(f"{csv_path}:{line}: image '{row['path']}' not found under '{root}'")
-            labelled[path] = {name.strip() for name in (row["labels"] or "").split(";") if name.strip()}
+        for row in reader:
+            where = f"{csv_path}:{reader.line_num}"  # the line the row ends on: blank lines are counted
+            labelled[_csv_image(row["path"] or "", root, where)] = _csv_labels(row, where)
     return labelled
 
 
@@ -246,25 +288,42 @@ def find_evaluation_images(root: str | Path, classes: list[str], split: str | No
     return _to_samples(labelled, classes)
 
 
-def expand_inputs(inputs: list[str]) -> list[Path]:
+@dataclass(frozen=True)
+class Input:
+    """A file to read, and whether the user named it (as a path or through a glob) or it was found in a folder."""
+    path: Path
+    named: bool
+
+
+def find_inputs(inputs: list[str]) -> list[Input]:
     """Files, folders (searched recursively) and glob patterns, in a stable order, without repeats
-    (one file named two ways, 'a.jpg' and '/abs/a.jpg', counts once)."""
-    paths: list[Path] = []
+    (one file named two ways, 'a.jpg' and '/abs/a.jpg', counts once). Broken links and unreadable
+    files stay in, so that reading them says which failed and why."""
+    found: list[Input] = []
     for item in inputs:
         path = Path(item).expanduser()
         if path.is_dir():
-            found = _images_under(path)
-            if not found:
+            images = _images_under(path)
+            if not images:
                 log.warning("no images in folder '%s'", path)
-            paths += found
-        elif path.exists():
-            paths.append(path)  # an explicit file is tried even if its suffix is odd
+            found += [Input(image, named=False) for image in images]
+        elif path.exists() or path.is_symlink():
+            found.append(Input(path, named=True))  # an explicit file is tried even if its suffix is odd
         else:
             matches = sorted(Path(m) for m in glob.glob(str(path), recursive=True))
             if not matches:
                 raise ImgclsError(f"'{item}' does not exist (no file, folder or glob match)")
-            paths += [m for m in matches if m.is_file()]
-    unique: dict[Path, Path] = {}
-    for path in paths:
-        unique.setdefault(path.resolve(), path)
+            # each match counts as named: the same as the shell writing the names out
+            found += [Input(m, named=True) for m in matches if _is_file_or_broken_link(m)]
+    unique: dict[str, Input] = {}
+    for entry in found:
+        # a broken link is itself (two of them may lead to one missing file); realpath, as Path.resolve raises on loops
+        key = os.path.realpath(entry.path) if entry.path.exists() else os.path.abspath(entry.path)
+        first = unique.setdefault(key, entry)
+        unique[key] = replace(first, named=first.named or entry.named)
     return list(unique.values())
+
+
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    """The paths of find_inputs, for callers to whom named and found files are alike."""
+    return [entry.path for entry in find_inputs(inputs)]

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..data.cache import decode_cached, default_cache_dir
-from ..data.images import ImageSource, UnreadableImage, decode_image
+from ..data.images import ImageSource, UnreadableImage, decode_image, file_error
 from ..data.loader import to_model_input
 from ..errors import UsageError
 from ..models.bundle import BundleConfig, find_bundle, load_bundle
@@ -103,8 +103,10 @@ class Predictor:
             try:
                 rows.append(decode_image(image, size))
                 errors.append(None)
-            except (UnreadableImage, OSError) as err:
+            except UnreadableImage as err:
                 errors.append(str(err))
+            except OSError as err:  # a path, given among arrays or bytes
+                errors.append(file_error(image, err))
         return (np.stack(rows) if rows else np.zeros((0, size, size, 3), np.uint8)), errors
 
     def result(self, scores: np.ndarray, top_k: int = 5, unknown_below: float | None = None) -> dict:

@@ -75,6 +75,20 @@ def _decode_split(samples: list[Sample], size: int, num_classes: int, workers: i
     return DecodedSplit(decoded.pixels, kept, torch.from_numpy(multi_hot(kept, num_classes)), decoded.failed)
 
 
+def _check_every_class_readable(dataset: LabelledImages, train_set: DecodedSplit) -> None:
+    """A class none of whose training images could be read cannot be learnt: stop, naming it and a few of its files."""
+    positives = train_set.targets.sum(0)  # (num_classes,) readable training images per class
+    empty = [index for index in range(len(dataset.classes)) if positives[index] == 0]
+    if not empty:
+        return
+    reasons = dict(train_set.failed)
+    lost = [sample.path for sample in dataset.splits["train"] if set(sample.labels) & set(empty)]
+    examples = "; ".join(f"{path}: {reasons[path]}" for path in lost[:3])
+    names = "class" + ("es " if len(empty) > 1 else " ") + ", ".join(repr(dataset.classes[index]) for index in empty)
+    raise ImgclsError(f"no training image of {names} could be read ({len(lost)} files, e.g. {examples}); "
+                      "make them readable, or remove the class")
+
+
 def _class_weights(targets: torch.Tensor, multi_label: bool) -> torch.Tensor:
     positives = targets.sum(0).clamp(min=1)
     if multi_label:  # pos_weight: negatives per positive
@@ -91,6 +105,16 @@ def _start_config(config: TrainConfig | None, source: BundleConfig | None) -> Tr
         raise ImgclsError(f"--init-from bundle is a '{source.architecture}' but --model is '{config.model}'; "
                           "leave --model out to continue its architecture")
     return replace(config, model=source.architecture, img_size=config.img_size or source.img_size, pretrained=False).validate()
+
+
+CONFIG_PATHS = ("labels_csv", "manifest", "weights", "init_from")  # the TrainConfig fields that name files
+
+
+def _absolute_paths(config: TrainConfig) -> TrainConfig:
+    """The files the config names, made absolute: the checkpoint stores the config, and --resume may run
+    from another folder."""
+    named = {name: getattr(config, name) for name in CONFIG_PATHS if getattr(config, name)}
+    return replace(config, **{name: str(Path(value).expanduser().resolve()) for name, value in named.items()})
 
 
 @dataclass
@@ -259,10 +283,11 @@ def train(data_dir: str | Path | None, run_dir: str | Path, config: TrainConfig 
         config, data_dir = TrainConfig.from_dict(state["config"]), data_dir or state["data_dir"]
     if data_dir is None:
         raise ImgclsError("no data folder given")
+    data_dir = Path(data_dir).expanduser().resolve()  # stored in the checkpoint: --resume may run from another folder
     started = time.perf_counter()
     keep_freed_memory()
     source = read_bundle_config(config.init_from) if config is not None and config.init_from else None
-    config = _start_config(config, source)
+    config = _absolute_paths(_start_config(config, source))
     if config.model is not None:
         check_model_name(config.model)
     device = resolve_device(config.device)
@@ -278,6 +303,7 @@ def train(data_dir: str | Path | None, run_dir: str | Path, config: TrainConfig 
              {k: len(v) for k, v in dataset.splits.items()}, config.model, img_size, device,
              config.resolved_mode(), start.weights_source)
     train_set = _decode_split(dataset.splits["train"], img_size, num_classes, config.workers, "train")
+    _check_every_class_readable(dataset, train_set)
     val_set = _decode_split(dataset.splits["validation"], img_size, num_classes, config.workers, "validation")
     if state is None:
         config = choose_schedule(config, len(train_set.samples)).validate()
