@@ -67,7 +67,8 @@ def test_health_and_model_describe_the_bundle(client, predictor):
     info = client.get("/model").json()
     assert info["classes"] == predictor.classes and info["img_size"] == 32 and info["task"] == "single-label"
     assert info["metrics"]["accuracy"] == predictor.config.metrics["accuracy"]
-    assert info["limits"] == {"max_upload_mb": ServeConfig.max_upload_mb, "max_files": ServeConfig.max_files}
+    assert info["limits"] == {"max_upload_mb": ServeConfig.max_upload_mb, "max_files": ServeConfig.max_files,
+                              "max_megapixels": ServeConfig.max_megapixels}
 
 
 def test_predict_gives_the_same_answer_as_the_library(client, predictor, digit):
@@ -177,9 +178,9 @@ def test_similar_finds_a_training_image_itself_first_with_a_thumbnail(client, di
     response = client.post("/similar", params={"k": 3}, files=[("file", ("query.png", image.read_bytes(), "image/png"))])
     results = response.json()["results"]
     assert response.status_code == 200 and len(results) == 3
-    assert results[0]["name"] == image.name and results[0]["label"] == "5" and results[0]["score"] > 0.999
+    assert results[0]["path"] == f"train/5/{image.name}" and results[0]["label"] == "5" and results[0]["score"] > 0.999
     assert [r["score"] for r in results] == sorted((r["score"] for r in results), reverse=True)
-    assert all("/" not in r["name"] for r in results)  # the server's folders stay private
+    assert all(str(digits_dir) not in r["path"] for r in results)  # relative to the training folder: the server's stay private
     prefix = "data:image/jpeg;base64,"
     assert results[0]["thumbnail"].startswith(prefix)
     assert Image.open(io.BytesIO(base64.b64decode(results[0]["thumbnail"][len(prefix):]))).format == "JPEG"

@@ -83,6 +83,8 @@ def _train_parser(commands) -> None:
                                     "efficientnet_lite0 for photos, cnn-bn for images under 64 px)")
     g.add_argument("--img-size", type=int, help="square input size in pixels (default: the pretrained weights' size; "
                                                 "from scratch the model's, or the images' if smaller)")
+    g.add_argument("--max-img-size", type=int, metavar="N",
+                   help="the largest --img-size accepted (default 1024: each image costs N*N*3 bytes of decode cache)")
     g.add_argument("--pretrained", action=argparse.BooleanOptionalAction,
                    help="start from timm's ImageNet weights, from the Hugging Face cache or downloaded (default: yes "
                         "for timm models on photos when they can be had)")
@@ -153,8 +155,19 @@ def _serve_parser(commands) -> None:
     g = p.add_argument_group("limits and batching")
     g.add_argument("--max-upload-mb", type=float, default=d.max_upload_mb, help="per request; larger gets 413")
     g.add_argument("--max-files", type=int, default=d.max_files, help="images per request")
+    g.add_argument("--max-megapixels", type=float, default=d.max_megapixels,
+                   help="per image, read from its header before decoding; larger gets 413")
+    g.add_argument("--decode-threads", type=int, default=d.decode_threads,
+                   help="images decoded at once: bounds the memory a burst of large images takes")
     g.add_argument("--max-batch", type=int, default=d.max_batch, help="images per model call; 1 turns batching off")
     g.add_argument("--batch-window-ms", type=float, default=d.batch_window_ms, help="wait for requests to batch together")
+    a = p.add_argument_group("access")
+    a.add_argument("--allowed-host", dest="allowed_hosts", action="append", default=[], metavar="NAME",
+                   help="also answer requests for this Host name (repeatable; e.g. mybox.lan, '*.example.com'). "
+                        "Other names get 400, against DNS rebinding. Default: the --host address, and localhost "
+                        "on loopback; with --host 0.0.0.0 and no name, any Host")
+    a.add_argument("--cors", dest="cors_origins", action="append", default=[], metavar="ORIGIN",
+                   help="let pages from this origin read the answers (repeatable; e.g. https://example.com). Default: none")
 
 
 def _export_parser(commands) -> None:
@@ -318,19 +331,23 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from ..data.folders import expand_inputs
+    from ..data.folders import find_inputs
     from ..predict.predictor import Predictor
     from . import render
 
-    paths = expand_inputs(args.inputs)
-    if not paths:
+    inputs = find_inputs(args.inputs)
+    if not inputs:
         raise ImgclsError("no images found in the given paths")
-    results = Predictor.load(args.bundle, args.device, args.engine, args.tta).predict(paths, args.top_k, args.unknown_below)
+    predictor = Predictor.load(args.bundle, args.device, args.engine, args.tta)
+    results = predictor.predict([i.path for i in inputs], args.top_k, args.unknown_below)
     print(render.predictions(results, args.format))
-    failed = sum(1 for r in results if r["error"])
+    failed = [i for i, r in zip(inputs, results) if r["error"]]
+    named = sum(i.named for i in failed)
     if failed:
-        log.warning("%d of %d images could not be read", failed, len(results))
-    return ExitStatus.ERROR if failed == len(results) else ExitStatus.OK
+        log.warning("%d of %d images could not be read%s", len(failed), len(results),
+                    f" ({named} named on the command line)" if named else "")
+    # A file found in a folder may be skipped (its row says why); one the user named must be read.
+    return ExitStatus.ERROR if named or len(failed) == len(results) else ExitStatus.OK
 
 
 def cmd_export(args) -> int:
@@ -394,7 +411,9 @@ def cmd_serve(args) -> int:
     from ..serve.server import serve
 
     config = ServeConfig(max_upload_mb=args.max_upload_mb, max_files=args.max_files,
-                         max_batch=args.max_batch, batch_window_ms=args.batch_window_ms)
+                         max_megapixels=args.max_megapixels, decode_threads=args.decode_threads,
+                         max_batch=args.max_batch, batch_window_ms=args.batch_window_ms,
+                         allowed_hosts=args.allowed_hosts, cors_origins=args.cors_origins)
     serve(args.bundle, args.host, args.port, args.workers, args.device, args.engine, args.data_dir, config)
     return ExitStatus.OK
 

@@ -7,12 +7,14 @@
     POST /explain   one image -> PNG panel, or JSON heat map and overlay, for a chosen method and class
     POST /similar   one image -> the most similar training images, with thumbnails
 
-Bad input is always the client's 4xx, never a crash: 413 too large, 415 not an image type,
-422 an image that cannot be used (corrupt, decompression bomb) or bad parameters.
+Bad input is always the client's 4xx, never a crash: 413 too large (bytes, files or pixels), 415 not
+an image type, 422 an image that cannot be used (corrupt, decompression bomb) or bad parameters;
+400 a Host header the server does not answer to (DNS rebinding). No message names a folder of the server.
 """
 from __future__ import annotations
 
 import base64
+import re
 from contextlib import asynccontextmanager
 from functools import lru_cache
 from importlib import resources
@@ -21,6 +23,8 @@ from typing import Literal, Optional
 
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.middleware.cors import CORSMiddleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from .. import __version__
 from ..data.images import UnreadableImage
@@ -29,11 +33,14 @@ from ..explain.maps import Explanation, to_png
 from ..explain.overlay import overlay
 from .batching import Backend
 from .config import ServeConfig
-from .service import SERVED_METHODS, ModelService, load_models
+from .service import SERVED_METHODS, ModelService, TooManyPixels, load_models
 from .uploads import read_uploads, upload_schema
 
 # The page may load nothing from elsewhere: it works offline and cannot leak an upload.
 PAGE_POLICY = "default-src 'none'; connect-src 'self'; img-src 'self' data: blob:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
+# The folders of an absolute path (POSIX or Windows) in a message, not a URL's or a MIME type's slashes:
+# library errors name files for a local user, and a client learns only the last part of each.
+_FOLDERS = re.compile(r"(?<![\w:/.~-])/(?:[^\s'\"/]+/)+|\b[A-Za-z]:\\(?:[^\s'\"\\]+\\)+")
 
 
 def create_app(bundle: str | Path, config: ServeConfig | None = None, device: str = "auto", engine: str = "auto",
@@ -42,7 +49,9 @@ def create_app(bundle: str | Path, config: ServeConfig | None = None, device: st
 
     Predictions run on `backend` if given, else on ONNX Runtime when the bundle has an export and
     `engine` allows it, else on PyTorch; explanations and look-alikes always use PyTorch.
-    Look-alikes come from the run's training images, or from `data_dir`."""
+    Look-alikes come from the run's training images, or from `data_dir`. Only the Host names in
+    `config.allowed_hosts` are answered (any when empty), and only pages of `config.cors_origins`
+    may read the answers."""
     config = config or ServeConfig()
     predictor, loaded = load_models(bundle, device, engine)
 
@@ -61,7 +70,12 @@ def create_app(bundle: str | Path, config: ServeConfig | None = None, device: st
     app.add_api_route("/explain", explain, methods=["POST"], openapi_extra=upload_schema(many=False),
                       responses={200: {"content": {"image/png": {}}, "description": "the panel (format=png) or JSON"}})
     app.add_api_route("/similar", similar, methods=["POST"], openapi_extra=upload_schema(many=False))
+    if config.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["GET", "POST"])
+    # Added last, so it runs first: a request for a foreign Host gets its 400 before anything else.
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=config.allowed_hosts or ["*"], www_redirect=False)
     app.add_exception_handler(ImgclsError, _user_error)
+    app.add_exception_handler(TooManyPixels, _too_many_pixels)
     app.add_exception_handler(UnreadableImage, _unusable_image)
     app.add_exception_handler(Exception, _server_error)
     return app
@@ -89,8 +103,9 @@ async def model(request: Request) -> dict:
         "architecture": bundle.architecture, "classes": bundle.classes, "img_size": bundle.img_size,
         "task": bundle.task, "thresholds": bundle.thresholds, "metrics": bundle.metrics,
         "imgcls_version": bundle.imgcls_version, "explain_methods": list(SERVED_METHODS),
-        "similar": service.look_alikes is not None, "similar_note": service.look_alikes_note,
-        "limits": {"max_upload_mb": service.config.max_upload_mb, "max_files": service.config.max_files},
+        "similar": service.look_alikes is not None, "similar_note": _public(service.look_alikes_note),
+        "limits": {"max_upload_mb": service.config.max_upload_mb, "max_files": service.config.max_files,
+                   "max_megapixels": service.config.max_megapixels},
     }
 
 
@@ -134,11 +149,11 @@ def _explanation_json(item: Explanation) -> dict:
 
 async def similar(request: Request, k: int = Query(5, ge=1, le=50)) -> dict:
     """The k training images the model finds most like one uploaded image, best first, by cosine
-    similarity of its penultimate features: label, score, file name and a small JPEG thumbnail
-    (a data URL). 404 when this server has no training images to compare with."""
+    similarity of its penultimate features: label, score, path relative to the training folder and a
+    small JPEG thumbnail (a data URL). 404 when this server has no training images to compare with."""
     service = _service(request)
     if service.look_alikes is None:
-        raise HTTPException(404, f"{service.look_alikes_note}; restart the server with --data TRAIN_DIR")
+        raise HTTPException(404, f"{_public(service.look_alikes_note)}; restart the server with --data TRAIN_DIR")
     uploads = await read_uploads(request, service.config.max_upload_bytes, max_files=1)
     return {"results": await service.similar(uploads[0], k)}
 
@@ -155,8 +170,17 @@ def _raise_if_all_failed(results: list[dict]) -> None:
                             else f"none of the {len(failed)} uploads is a usable image: {reasons}")
 
 
+def _public(message: str | None) -> str | None:
+    """`message` with every absolute path cut to its last part: '/home/ann/data/train' -> 'train'."""
+    return None if message is None else _FOLDERS.sub("", message)
+
+
 async def _user_error(request: Request, err: ImgclsError) -> JSONResponse:
-    return JSONResponse({"detail": str(err)}, status_code=422)
+    return JSONResponse({"detail": _public(str(err))}, status_code=422)
+
+
+async def _too_many_pixels(request: Request, err: TooManyPixels) -> JSONResponse:
+    return JSONResponse({"detail": str(err)}, status_code=413)
 
 
 async def _unusable_image(request: Request, err: UnreadableImage) -> JSONResponse:

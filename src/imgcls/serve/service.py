@@ -2,7 +2,9 @@
 
 Nothing here knows about HTTP. The model is loaded once (per worker process) and every use of it
 runs in one dedicated thread: explanations hook into the network's layers, and a prediction
-batch running at the same moment would otherwise pass through those hooks.
+batch running at the same moment would otherwise pass through those hooks. Images are decoded in
+a pool of `decode_threads` threads, after their headers show they are within `max_megapixels`:
+decoding is where a request's memory goes, so this pool is what bounds the server's.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.images import UnreadableImage, decode_image
+from ..data.images import UnreadableImage, decode_image, open_image
 from ..errors import ImgclsError, UsageError
 from ..explain.maps import EXPLAIN_METHODS, Explanation, check_method, explain
 from ..export.session import ONNX_FILE
@@ -29,6 +31,10 @@ NOT_SERVED = {"filters": "it optimises images for seconds to minutes; use `imgcl
 SERVED_METHODS = tuple(m for m in EXPLAIN_METHODS if m not in NOT_SERVED)
 
 log = logging.getLogger(__name__)
+
+
+class TooManyPixels(ImgclsError):
+    """An upload whose header declares more pixels than the server decodes."""
 
 
 def load_models(bundle: str | Path, device: str = "auto", engine: str = "auto") -> tuple[Predictor, Predictor]:
@@ -61,9 +67,11 @@ class ModelService:
         self.look_alikes_note: str | None = None
         self.batcher: DynamicBatcher | None = None
         self._model_thread: ThreadPoolExecutor | None = None
+        self._decode_threads: ThreadPoolExecutor | None = None
 
     async def __aenter__(self) -> "ModelService":
         self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imgcls-model")
+        self._decode_threads = ThreadPoolExecutor(self.config.decode_threads, thread_name_prefix="imgcls-decode")
         self.batcher = DynamicBatcher(self.backend, self._model_thread, self.config.max_batch, self.config.batch_window_ms)
         await self.batcher.__aenter__()
         await self._on_model_thread(self._load_look_alikes)
@@ -72,6 +80,7 @@ class ModelService:
     async def __aexit__(self, *exc) -> None:
         await self.batcher.__aexit__(*exc)
         self._model_thread.shutdown(wait=True)
+        self._decode_threads.shutdown(wait=True)
 
     def _load_look_alikes(self) -> None:
         try:
@@ -81,12 +90,30 @@ class ModelService:
             log.warning("%s", self.look_alikes_note)
 
     async def decode(self, upload: Upload) -> np.ndarray:
-        """(img_size, img_size, 3) uint8, decoded in a worker thread; raises UnreadableImage."""
-        return await asyncio.to_thread(decode_image, upload.data, self.predictor.config.img_size)
+        """(img_size, img_size, 3) uint8; raises TooManyPixels or UnreadableImage."""
+        await self._decoding(self._check_pixels, [upload])
+        return await self._decoding(decode_image, upload.data, self.predictor.config.img_size)
+
+    def _check_pixels(self, uploads: list[Upload]) -> None:
+        """Every upload's size from its header alone, so that one oversized image refuses the request
+        before any of it is decoded."""
+        for upload in uploads:
+            try:
+                with open_image(upload.data) as image:
+                    width, height = image.size
+            except UnreadableImage:
+                continue  # decoding it says why, for this upload alone
+            if width * height > self.config.max_pixels:
+                raise TooManyPixels(f"{upload.name!r} is {width}x{height} = {width * height / 1e6:.1f} Mpx, over the "
+                                    f"{self.config.max_megapixels:g} Mpx limit per image; send a smaller image or "
+                                    "start the server with a larger --max-megapixels")
 
     async def predict(self, uploads: list[Upload], top_k: int, unknown_below: float | None) -> list[dict]:
-        """One result per upload, in order: {'filename', 'labels', 'predictions', 'error'}, as `imgcls predict`."""
-        decoded = await asyncio.gather(*(self.decode(u) for u in uploads), return_exceptions=True)
+        """One result per upload, in order: {'filename', 'labels', 'predictions', 'error'}, as `imgcls predict`.
+        Raises TooManyPixels, for the whole request, when any upload is over the limit."""
+        await self._decoding(self._check_pixels, uploads)
+        size = self.predictor.config.img_size
+        decoded = await asyncio.gather(*(self._decoding(decode_image, u.data, size) for u in uploads), return_exceptions=True)
         for outcome in decoded:
             if isinstance(outcome, BaseException) and not isinstance(outcome, UnreadableImage):
                 raise outcome
@@ -108,13 +135,15 @@ class ModelService:
         return await self._on_model_thread(explain, self.predictor, pixels, method, class_name)
 
     async def similar(self, upload: Upload, k: int) -> list[dict]:
-        """The k training images most like the upload, best first: {'name', 'label', 'score', 'thumbnail'}.
-        Only the file name of each is returned: the server's folders are none of the client's business."""
+        """The k training images most like the upload, best first: {'path', 'label', 'score', 'thumbnail'},
+        with `path` relative to the training folder: the server's own folders are none of the client's business."""
         pixels = await self.decode(upload)
         matches = await self._on_model_thread(self.look_alikes.nearest, self.predictor, np.stack([pixels]), k)
-        thumbnails = await asyncio.gather(*(asyncio.to_thread(self.look_alikes.thumbnail, m["path"]) for m in matches))
-        return [{"name": Path(m["path"]).name, "label": m["label"], "score": m["score"], "thumbnail": thumbnail}
-                for m, thumbnail in zip(matches, thumbnails)]
+        thumbnails = await asyncio.gather(*(self._decoding(self.look_alikes.thumbnail, m["path"]) for m in matches))
+        return [{**m, "thumbnail": thumbnail} for m, thumbnail in zip(matches, thumbnails)]
 
     async def _on_model_thread(self, function, *args):
         return await asyncio.get_running_loop().run_in_executor(self._model_thread, function, *args)
+
+    async def _decoding(self, function, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._decode_threads, function, *args)
