@@ -37,7 +37,9 @@ EPILOG_AUDIT = """examples:
 """
 EPILOG_SERVE = """examples:
   imgcls serve runs/data                   # page at http://127.0.0.1:8000, API docs at /docs
-  imgcls serve runs/data --host 0.0.0.0    # reachable from other machines too
+  imgcls serve runs/data --host 0.0.0.0 --allowed-host mybox.lan   # reachable from other machines,
+                                                                    # answering only for that name
+  imgcls serve runs/data --cors https://app.example.com             # let that site's pages call the API
   curl -F files=@photo.jpg 'http://127.0.0.1:8000/predict?top_k=3'"""
 
 EPILOG_EXPORT = """examples:
