@@ -84,7 +84,7 @@ def test_models_lists_built_ins_and_timm_names(capsys):
 
 @pytest.mark.parametrize("argv, status, message", [
     (["train", "{missing}"], 1, "does not exist"),
-    (["train", "{data}", "--model", "resnt18"], 1, "did you mean 'resnet18'"),
+    (["train", "{data}", "--model", "resnt18"], 2, "did you mean 'resnet18'"),
     (["train", "{data}", "--epochs", "0"], 2, "epochs must be at least 1"),
     (["train", "{data}", "--optimizer", "adamm"], 2, "invalid choice"),
     (["train"], 2, "needs a data folder"),

@@ -222,3 +222,10 @@ def test_a_bundle_trained_on_cuda_predicts_the_same_on_the_cpu(digits_dir, tmp_p
     assert [r["labels"][0] for r in on_gpu] == [r["labels"][0] for r in on_cpu]
     for gpu, cpu in zip(on_gpu, on_cpu):
         assert gpu["predictions"][0]["score"] == pytest.approx(cpu["predictions"][0]["score"], abs=2e-3)
+
+
+@pytest.mark.parametrize("option, message", [({"model": "resnt18"}, "unknown model 'resnt18'; did you mean 'resnet18'"),
+                                             ({"val_split": 1.5}, r"--val-split is a share of the images in \[0, 1\)")])
+def test_a_wrong_training_option_is_a_usage_error_before_any_work(option, message):
+    with pytest.raises(UsageError, match=message):
+        TrainConfig(**option).validate()

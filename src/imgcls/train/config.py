@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from ..errors import UsageError, did_you_mean
+from ..errors import ImgclsError, UsageError, did_you_mean
 from ..runtime import PRECISIONS
 
 OPTIMIZERS = ("adamw", "adam", "sgd", "rmsprop")
@@ -102,6 +102,11 @@ class TrainConfig:
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UsageError(f"{name} must be at least 1, got {getattr(self, name)}")
         self._validate_img_size()
+        for flag, value in (("--val-split", self.val_split), ("--test-split", self.test_split)):
+            if not 0 <= value < 1:
+                raise UsageError(f"{flag} is a share of the images in [0, 1), e.g. 0.2; got {value}")
+        if self.model is not None:
+            self._validate_model_name()
         if not 0 <= self.momentum < 1:
             raise UsageError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.norm_lr_scale <= 0:
@@ -115,6 +120,15 @@ class TrainConfig:
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise UsageError(f"time must be positive, e.g. 10m or 90s; got {self.time_budget_s} s")
         return self
+
+    def _validate_model_name(self) -> None:
+        """An unknown --model is a mistake on the command line (exit 2); in a bundle it is damage (exit 1)."""
+        from ..models.registry import check_model_name
+
+        try:
+            check_model_name(self.model)
+        except ImgclsError as err:
+            raise UsageError(str(err)) from None
 
     def _validate_img_size(self) -> None:
         from ..models.bundle import MAX_BUNDLE_IMG_SIZE, MIN_IMG_SIZE
