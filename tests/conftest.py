@@ -74,3 +74,15 @@ def trained_run(digits_dir, tmp_path_factory):
     """A run folder trained once for the whole session (read-only for tests)."""
     run_dir = tmp_path_factory.mktemp("runs") / "digits"
     return train(digits_dir, run_dir, TrainConfig(**{**FAST_CONFIG, "report": True}), progress=False)
+
+
+@pytest.fixture(scope="module")
+def run_copy(trained_run, tmp_path_factory):
+    """The trained bundle and its data.json in a run folder of our own: a server keeps its
+    look-alike index beside the bundle, and the session's run is read-only."""
+    import shutil
+
+    run = tmp_path_factory.mktemp("served")
+    shutil.copytree(trained_run.bundle_dir, run / "model")
+    shutil.copy(trained_run.run_dir / "data.json", run / "data.json")
+    return run

@@ -33,16 +33,6 @@ def upload(name: str, data: bytes, field: str = "files"):
 
 
 @pytest.fixture(scope="module")
-def run_copy(trained_run, tmp_path_factory):
-    """The trained bundle and its data.json in a run folder of our own (the server writes its
-    look-alike index beside the bundle; the session's run is read-only)."""
-    run = tmp_path_factory.mktemp("served-securely")
-    shutil.copytree(trained_run.bundle_dir, run / "model")
-    shutil.copy(trained_run.run_dir / "data.json", run / "data.json")
-    return run
-
-
-@pytest.fixture(scope="module")
 def client(run_copy):
     with TestClient(create_app(run_copy, device="cpu")) as client:
         yield client
