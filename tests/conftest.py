@@ -86,3 +86,14 @@ def run_copy(trained_run, tmp_path_factory):
     shutil.copytree(trained_run.bundle_dir, run / "model")
     shutil.copy(trained_run.run_dir / "data.json", run / "data.json")
     return run
+
+
+@pytest.fixture(scope="module")
+def client(run_copy):
+    """The server's app on that run, in-process (no socket)."""
+    from fastapi.testclient import TestClient
+
+    from imgcls.serve.app import create_app
+
+    with TestClient(create_app(run_copy, device="cpu")) as client:
+        yield client

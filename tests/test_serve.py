@@ -38,12 +38,6 @@ def predictor(trained_run):
 
 
 @pytest.fixture(scope="module")
-def client(run_copy):
-    with TestClient(create_app(run_copy, device="cpu")) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
 def digit(digits_dir):
     """A real test-split scan of a 3, and its bytes."""
     path = sorted((digits_dir / "test" / "3").glob("*.png"))[0]

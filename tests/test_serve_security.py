@@ -33,12 +33,6 @@ def upload(name: str, data: bytes, field: str = "files"):
 
 
 @pytest.fixture(scope="module")
-def client(run_copy):
-    with TestClient(create_app(run_copy, device="cpu")) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
 def digit(digits_dir):
     return sorted((digits_dir / "test" / "3").glob("*.png"))[0].read_bytes()
 
