@@ -2,6 +2,11 @@
 
 Device and precision come from the caller; with precision "auto" the forward runs under bf16
 autocast on CUDA and on CPUs that compute bf16 natively, in fp32 elsewhere (runtime.autocast).
+
+With several processes (distributed.Ranks) a step runs through DistributedDataParallel, which
+averages the gradients of the processes' parts of the batch; every process validates its block
+of the validation images and the logits are gathered, so every process computes the same
+metrics and takes the same decisions (early stopping, plateaus), as one process would.
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ..data.loader import Batches
+from ..distributed import Ranks, all_reduce_sum, average_buffers, gather_rows
 from ..models.classifier import tta_logits
 from ..runtime import autocast
 from .callbacks import Callback
@@ -65,6 +71,7 @@ class RunningMetrics:
 
 
 PRECISE_BN_IMAGES = 2048  # enough for stable statistics (Wu & Johnson 2021 use ~1k-10k); ~1 s on CPU
+AUGMENT_SEED_STRIDE = 7919  # process r augments with seed + 2 + r * this: different draws for different images
 
 
 @torch.no_grad()
@@ -72,7 +79,8 @@ def recompute_batchnorm(model: nn.Module, batches: Batches, precision: str = "fp
                         max_images: int = PRECISE_BN_IMAGES) -> None:
     """Replace BatchNorm running statistics by exact averages over training images ("precise BN",
     https://arxiv.org/abs/2105.07576). Running averages lag behind fast-changing weights: on a few
-    hundred images they leave evaluation at chance while batch statistics give a good model."""
+    hundred images they leave evaluation at chance while batch statistics give a good model.
+    With several processes each measures its parts of the same batches and the averages are averaged."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
              and not is_frozen_batchnorm(m)]  # frozen layers keep pretrained statistics
     if not norms:
@@ -81,37 +89,37 @@ def recompute_batchnorm(model: nn.Module, batches: Batches, precision: str = "fp
     for norm in norms:
         norm.reset_running_stats()
         norm.momentum = None  # cumulative average over the batches below
-    was_training, seen = model.training, 0
+    was_training = model.training
     model.train()
-    for images, _ in batches:
+    for count, (images, _) in enumerate(batches, 1):
         with autocast(images.device, precision):
             model(images)
-        seen += len(images)
-        if seen >= max_images:
+        if count * batches.batch_size >= max_images:  # whole batches, so that every process stops at the same one
             break
     for norm, momentum in zip(norms, momenta):
         norm.momentum = momentum
+    average_buffers([stat for norm in norms for stat in (norm.running_mean, norm.running_var)], batches.ranks)
     model.train(was_training)
 
 
 class Trainer:
     def __init__(self, model: nn.Module, config: TrainConfig, train_batches: Batches, val_batches: Batches,
                  augment, loss_fn: nn.Module, callbacks: list[Callback], device: torch.device,
-                 lr_scales: dict[str, float] | None = None):
-        self.model, self.config, self.device = model, config, device
+                 lr_scales: dict[str, float] | None = None, ranks: Ranks = Ranks()):
+        self.model, self.config, self.device, self.ranks = model, config, device, ranks
         self.train_batches, self.val_batches = train_batches, val_batches
         self.augment, self.loss_fn, self.callbacks = augment, loss_fn, callbacks
         self.optimizer = build_optimizer(model, config, lr_scales)
         self.schedule = LrSchedule(self.optimizer, config, total_steps=config.epochs * len(train_batches))
-        self.augment_generator = torch.Generator().manual_seed(config.seed + 2)
+        self.augment_generator = torch.Generator().manual_seed(config.seed + 2 + AUGMENT_SEED_STRIDE * ranks.rank)
         self.epoch, self.history, self.stop_training = 0, [], False
         self.batchnorm_stale = False  # set by callbacks that change the weights after the last validation
         self.extra_state: dict = {}  # stored with each checkpoint (e.g. the data folder, for --resume)
-        # EMA of weights (Polyak averaging): validated, checkpointed for early stopping, and saved in place of the raw weights.
-        # Compiled once; parameters are shared, so checkpoints and EMA see the plain module.
-        self.step_model = torch.compile(model) if config.compile else model
+        self.step_model: nn.Module | None = None  # see prepare_step_model
+        self.trains: tuple[bool, ...] = ()
         if device.type == "cuda":  # training batches keep one shape: let cuDNN time its kernels once and keep the fastest
             torch.backends.cudnn.benchmark = True
+        # EMA of weights (Polyak averaging): validated, checkpointed for early stopping, and saved in place of the raw weights.
         self.ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True)
                     if config.ema else None)
 
@@ -162,10 +170,28 @@ class Trainer:
             correct += count_correct(logits.detach(), targets, self.config.multi_label)
             for callback in self.callbacks:
                 callback.on_batch_end(self, RunningMetrics(loss_sum, correct, seen))
-        return {"epoch": self.epoch, "train_loss": loss_sum.item() / seen, "train_accuracy": correct.item() / seen,
+        totals = all_reduce_sum(torch.stack([loss_sum, correct.float(), torch.tensor(float(seen), device=self.device)]),
+                                self.ranks).tolist()  # every process's images
+        return {"epoch": self.epoch, "train_loss": totals[0] / totals[2], "train_accuracy": totals[1] / totals[2],
                 "lr": self.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - start}
 
+    def prepare_step_model(self) -> None:
+        """What a step calls: the model, compiled on request, and with several processes wrapped in
+        DistributedDataParallel, which is built again when callbacks change which parameters train
+        (it reduces the gradients of those that trained when it was built). Parameters are shared,
+        so checkpoints and the EMA see the plain module."""
+        trains = tuple(parameter.requires_grad for parameter in self.model.parameters())
+        if self.step_model is not None and (trains == self.trains or not self.ranks.active):
+            return
+        self.trains, model = trains, self.model
+        if self.ranks.active:
+            from torch.nn.parallel import DistributedDataParallel
+
+            model = DistributedDataParallel(model, device_ids=[self.device] if self.device.type == "cuda" else None)
+        self.step_model = torch.compile(model) if self.config.compile else model
+
     def train_step(self, images: torch.Tensor, targets: torch.Tensor):
+        self.prepare_step_model()
         images, targets = self.augment(images, targets, self.augment_generator)
         with autocast(self.device, self.config.precision):
             logits = self.step_model(images)
@@ -182,6 +208,7 @@ class Trainer:
 
     def validate(self) -> dict:
         logits, targets = predict_logits(self.eval_model, self.val_batches, self.config.precision)
+        logits, targets = gather_rows(logits, self.ranks), gather_rows(targets, self.ranks)
         loss = self.loss_fn(logits.to(self.device), targets.to(self.device)).item()  # class weights live there
         return {"val_loss": loss, "val_accuracy": count_correct(logits, targets, self.config.multi_label).item() / len(targets)}
 
@@ -210,5 +237,7 @@ class Trainer:
         torch.set_rng_state(state["rng"]["torch"])
         self.train_batches.generator.set_state(state["rng"]["batches"])
         self.augment_generator.set_state(state["rng"]["augment"])
+        if self.ranks.rank > 0:  # the checkpoint holds process 0's draws; the others must differ from them
+            self.augment_generator.manual_seed(self.config.seed + 2 + AUGMENT_SEED_STRIDE * self.ranks.rank + self.epoch)
         if self.device.type == "cuda" and state["rng"].get("cuda") is not None:  # dropout and mixing draw there
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)

@@ -1,6 +1,10 @@
 """`imgcls train`: folder of images -> trained, evaluated bundle in RUN_DIR.
 
 RUN_DIR/ model/ (the bundle)  history.csv  checkpoint.pt  data.json  evaluation/
+
+Under torchrun every process runs `train`: each machine's first process decodes into the decode
+cache while the others wait, then all map it; they train together (loop.Trainer) and only
+process 0 writes the run folder, logs and the bundle.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from ..data.cache import decode_cached, default_cache_dir
 from ..data.folders import LabelledImages, Sample, discover, multi_hot
 from ..data.manifest import read_manifest
 from ..data.loader import Batches, to_model_input
+from ..distributed import Ranks, broadcast_object, broadcast_tensors, gather_rows, join, local_main_first, shard_rows
 from ..errors import ImgclsError
 from ..evaluate.evaluation import write_evaluation
 from ..evaluate.metrics import tune_thresholds
@@ -62,10 +67,12 @@ class DecodedSplit:
     failed: list[tuple[Path, str]]
 
 
-def _decode_split(samples: list[Sample], size: int, num_classes: int, workers: int | None, desc: str) -> DecodedSplit:
+def _decode_split(samples: list[Sample], size: int, num_classes: int, workers: int | None, desc: str,
+                  ranks: Ranks) -> DecodedSplit:
     from tqdm.auto import tqdm
 
-    with tqdm(total=len(samples), desc=f"decoding {desc}", unit="img", leave=False, disable=None) as bar:
+    with local_main_first(ranks), tqdm(total=len(samples), desc=f"decoding {desc}", unit="img", leave=False,
+                                       disable=None if ranks.is_main else True) as bar:
         decoded = decode_cached([s.path for s in samples], size, default_cache_dir(), workers, on_progress=bar.update)
     kept = [samples[i] for i in decoded.kept]
     if not kept:
@@ -174,6 +181,22 @@ def _fit_whitening(model: Classifier, pixels: np.ndarray, seed: int) -> None:
             layer.fit(images)
 
 
+SYNC_BATCHNORM_BELOW = 32  # images per process per batch below which BatchNorm statistics are too noisy alone
+
+
+def _synchronise_batchnorm(model: Classifier, config: TrainConfig, ranks: Ranks, device: torch.device) -> Classifier:
+    """With several GPUs and small per-process batches, BatchNorm computes its statistics over the
+    whole batch (SyncBatchNorm; timm's conversion keeps its fused BatchNormAct layers). PyTorch
+    synchronises BatchNorm on GPUs only: on CPUs each process normalises its own part."""
+    if not ranks.active or device.type != "cuda" or config.batch_size // ranks.world_size >= SYNC_BATCHNORM_BELOW:
+        return model
+    from timm.layers import convert_sync_batchnorm
+
+    log.info("BatchNorm synchronised across the %d processes (%d images each per batch)", ranks.world_size,
+             config.batch_size // ranks.world_size)
+    return convert_sync_batchnorm(model)
+
+
 def _resume_state(run_dir: Path) -> dict:
     path = run_dir / CHECKPOINT_FILE
     if not path.is_file():
@@ -196,13 +219,20 @@ class ProbeResult:
     seconds: float
 
 
+def _features(model: Classifier, split: DecodedSplit, device: torch.device, ranks: Ranks) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frozen backbone's features of every image of `split`, each process computing its block."""
+    rows = shard_rows(len(split.targets), ranks)
+    features, targets = head_inputs(model, Batches(split.pixels[rows], split.targets[rows], FEATURE_BATCH, device=device))
+    return gather_rows(features, ranks), gather_rows(targets, ranks)
+
+
 def _fit_probe_head(model: Classifier, config: TrainConfig, train_set: DecodedSplit, val_set: DecodedSplit,
-                    device: torch.device, loss_fn: torch.nn.Module) -> ProbeResult:
+                    device: torch.device, loss_fn: torch.nn.Module, ranks: Ranks) -> ProbeResult:
     """Compute the frozen backbone's features once, fit a logistic regression on them and make it
     the head: the whole of --freeze --augment none, and where fine-tuning starts (train.probe)."""
     start = time.perf_counter()
-    train_features, train_targets = head_inputs(model, Batches(train_set.pixels, train_set.targets, FEATURE_BATCH, device=device))
-    val_features, val_targets = head_inputs(model, Batches(val_set.pixels, val_set.targets, FEATURE_BATCH, device=device))
+    train_features, train_targets = _features(model, train_set, device, ranks)
+    val_features, val_targets = _features(model, val_set, device, ranks)
     probe = fit_linear_probe(train_features, train_targets, config.multi_label, config.seed)
     head = classifier_head(model)
     with torch.no_grad():
@@ -215,13 +245,15 @@ def _fit_probe_head(model: Classifier, config: TrainConfig, train_set: DecodedSp
 
     result = ProbeResult(accuracy(probe.logits(train_features), train_targets), accuracy(val_logits, val_targets),
                          loss_fn.cpu()(val_logits, val_targets).item(), time.perf_counter() - start)
+    broadcast_tensors([head.weight.data, head.bias.data], ranks)  # one head and one starting point for every process
+    result = broadcast_object(result, ranks)
     log.info("linear probe on the frozen features (L2 %.0e): train accuracy %.4f, validation accuracy %.4f (%.1fs)",
              probe.l2, result.train_accuracy, result.val_accuracy, result.seconds)
     return result
 
 
 def _make_trainer(model: Classifier, config: TrainConfig, train_set: DecodedSplit, val_set: DecodedSplit,
-                  run_dir: Path, device: torch.device, progress: bool, probe: ProbeResult | None) -> Trainer:
+                  run_dir: Path, device: torch.device, progress: bool, probe: ProbeResult | None, ranks: Ranks) -> Trainer:
     """The trainer for the mode: the whole network, the network but its frozen early layers
     (fine-tuning), or only the head on a frozen backbone."""
     mode, num_classes, img_size = config.resolved_mode(), train_set.targets.shape[1], train_set.pixels.shape[1]
@@ -229,12 +261,14 @@ def _make_trainer(model: Classifier, config: TrainConfig, train_set: DecodedSpli
     early_stopping = EarlyStopping(config.early_stopping)
     if probe is not None:  # the probe is epoch 0: fine-tuning that never beats it on validation gives it back
         early_stopping.start_from(probe.val_loss, model)
-    callbacks = ([ProgressBar()] if progress else []) + ([Lookahead()] if config.lookahead else []) + [
-        EpochLog(), early_stopping, HistoryCSV(run_dir), Checkpoint(run_dir)]
+    main = ranks.is_main  # one process shows and writes
+    callbacks = ([ProgressBar()] if progress and main else []) + ([Lookahead()] if config.lookahead else []) + (
+        [EpochLog()] if main else []) + [early_stopping] + ([HistoryCSV(run_dir), Checkpoint(run_dir)] if main else [])
     augment = build_augment(config.augment, img_size, num_classes, config.multi_label)
     train_batches = Batches(train_set.pixels, train_set.targets, config.batch_size, shuffle=True, device=device,
-                            seed=config.seed, alternating_flip=augment.alternating_flip)
-    val_batches = Batches(val_set.pixels, val_set.targets, max(config.batch_size, FEATURE_BATCH), device=device)
+                            seed=config.seed, alternating_flip=augment.alternating_flip, ranks=ranks)
+    rows = shard_rows(len(val_set.targets), ranks)  # every process validates its block; Trainer.validate gathers
+    val_batches = Batches(val_set.pixels[rows], val_set.targets[rows], max(config.batch_size, FEATURE_BATCH), device=device)
     lr_scales = None
     if mode == "freeze":
         set_backbone_trainable(model, False)
@@ -247,7 +281,8 @@ def _make_trainer(model: Classifier, config: TrainConfig, train_set: DecodedSpli
         # class fell from 75% to 39-41% validation after 2 epochs (bench/pretrained.py's data).
         freeze_batchnorm = pretrained or config.batch_size < SMALL_BATCH
         callbacks.append(UnfreezeBackbone(config.head_epochs, freeze_batchnorm, frozen))
-    return Trainer(model, config, train_batches, val_batches, augment, make_loss(config, weights), callbacks, device, lr_scales)
+    return Trainer(model, config, train_batches, val_batches, augment, make_loss(config, weights), callbacks, device,
+                   lr_scales, ranks)
 
 
 def _finish(model: Classifier, config: TrainConfig, dataset: LabelledImages, val_set: DecodedSplit,
@@ -290,11 +325,12 @@ def train(data_dir: str | Path | None, run_dir: str | Path, config: TrainConfig 
     config = _absolute_paths(_start_config(config, source))
     if config.model is not None:
         check_model_name(config.model)
-    device = resolve_device(config.device)
+    ranks, device = join(resolve_device(config.device))
 
     dataset = discover(data_dir, config.val_split, config.test_split, config.seed, config.multi_label, config.labels_csv,
                        config.manifest)
-    _warn_about_data(dataset)
+    if ranks.is_main:
+        _warn_about_data(dataset)
     num_classes = len(dataset.classes)
     start = _start_model(config, num_classes, median_side(dataset.splits["train"]), source)
     model, config = start.model, start.config
@@ -302,37 +338,40 @@ def train(data_dir: str | Path | None, run_dir: str | Path, config: TrainConfig 
     log.info("%d classes, %s images; %s at %d px on %s: %s, weights from %s", num_classes,
              {k: len(v) for k, v in dataset.splits.items()}, config.model, img_size, device,
              config.resolved_mode(), start.weights_source)
-    train_set = _decode_split(dataset.splits["train"], img_size, num_classes, config.workers, "train")
+    train_set = _decode_split(dataset.splits["train"], img_size, num_classes, config.workers, "train", ranks)
     _check_every_class_readable(dataset, train_set)
-    val_set = _decode_split(dataset.splits["validation"], img_size, num_classes, config.workers, "validation")
+    val_set = _decode_split(dataset.splits["validation"], img_size, num_classes, config.workers, "validation", ranks)
     if state is None:
         config = choose_schedule(config, len(train_set.samples)).validate()
     _warn_about_batch_size(len(train_set.samples), config.batch_size)
     if state is None and config.resolved_mode() == "scratch":
         _fit_whitening(model, train_set.pixels, config.seed)
-    model = model.to(device).to(memory_format=torch.channels_last)
+    model = _synchronise_batchnorm(model.to(device).to(memory_format=torch.channels_last), config, ranks, device)
     skipped = [{"path": str(p), "reason": r} for p, r in train_set.failed + val_set.failed]
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _write_data_summary(run_dir, dataset, data_dir, img_size, skipped, config)
+    if ranks.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_data_summary(run_dir, dataset, data_dir, img_size, skipped, config)
 
     loss_fn = make_loss(config, None)
     probe = None
     if state is None and config.resolved_mode() in ("freeze", "finetune"):
-        probe = _fit_probe_head(model, config, train_set, val_set, device, loss_fn)
+        probe = _fit_probe_head(model, config, train_set, val_set, device, loss_fn, ranks)
     if config.resolved_mode() == "freeze" and config.augment == "none" and config.cache_features:
-        history = _probe_history(run_dir, probe)  # the probe is the optimum of the head on fixed features: done
+        history = _probe_history(run_dir, probe) if ranks.is_main else []  # the probe is the optimum of the head on fixed features: done
     else:
-        trainer = _make_trainer(model, config, train_set, val_set, run_dir, device, progress, probe)
+        trainer = _make_trainer(model, config, train_set, val_set, run_dir, device, progress, probe, ranks)
         if state is not None:
             trainer.load_state_dict(state)
             log.info("resuming %s after epoch %d of %d", run_dir, trainer.epoch, config.epochs)
         elif config.time_budget_s is not None:
             trainer = fit_epochs_to_budget(trainer, config.time_budget_s - (time.perf_counter() - started),
                                            lambda epochs: _make_trainer(model, replace(config, epochs=epochs), train_set,
-                                                                        val_set, run_dir, device, progress, probe))
+                                                                        val_set, run_dir, device, progress, probe, ranks))
             config = trainer.config
         trainer.extra_state = {"data_dir": str(data_dir), "img_size": img_size}
         history = trainer.fit()
+    if not ranks.is_main:  # process 0 evaluates and saves
+        return TrainResult(run_dir, run_dir / "model", {}, history, skipped)
     bundle_dir, metrics = _finish(model, config, dataset, val_set, run_dir, device, start.weights_source, probe)
     if config.report:
         _write_report(run_dir, device)

@@ -17,6 +17,7 @@ from typing import Callable
 
 import torch
 
+from ..distributed import broadcast_object
 from ..errors import UsageError
 from .callbacks import Callback
 from .loop import PRECISE_BN_IMAGES, Trainer
@@ -109,6 +110,7 @@ class TimeBudget(Callback):
         now = time.perf_counter()
         epoch_s = (now - self.started) / trainer.epoch
         epochs = max(trainer.epoch, trainer.epoch + math.floor((SAFETY * (self.deadline - now) - self.finish_s) / epoch_s))
+        epochs = broadcast_object(epochs, trainer.ranks)  # every process runs process 0's plan
         if epochs != trainer.config.epochs:
             log.debug("time budget: %d epochs instead of %d (an epoch takes %.1fs)", epochs, trainer.config.epochs, epoch_s)
             trainer.set_epochs(epochs)
@@ -120,7 +122,7 @@ def fit_epochs_to_budget(trainer: Trainer, remaining_s: float, rebuild: Callable
     deadline = time.perf_counter() + remaining_s
     epoch_s, val_s = estimate_epoch_seconds(trainer)
     finish_s = FINISH_VALIDATION_PASSES * val_s + FINISH_FIXED_S
-    epochs = max(1, math.floor((SAFETY * remaining_s - finish_s) / epoch_s))
+    epochs = broadcast_object(max(1, math.floor((SAFETY * remaining_s - finish_s) / epoch_s)), trainer.ranks)
     if epochs == 1 and SAFETY * remaining_s < finish_s + epoch_s:
         log.warning("the time budget is too short: one epoch takes about %.0fs and evaluation %.0fs more, "
                     "%.0fs were left; training 1 epoch", epoch_s, finish_s, remaining_s)
