@@ -213,3 +213,15 @@ def test_bundle_folder_gets_ordinary_permissions(saved, tmp_path):
     (tmp_path / "ordinary").mkdir()
 
     assert folder.stat().st_mode == (tmp_path / "ordinary").stat().st_mode
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+def test_every_bundle_file_weights_included_gets_the_mode_of_a_new_file(saved, tmp_path):
+    # safetensors alone writes 0600: the weights would be unreadable where config.json is readable.
+    _, _, folder = saved
+    (tmp_path / "ordinary.txt").write_bytes(b"")
+
+    modes = {path.name: path.stat().st_mode for path in folder.iterdir()}
+
+    assert set(modes) == {CONFIG_FILE, WEIGHTS_FILE, LABELS_FILE}
+    assert set(modes.values()) == {(tmp_path / "ordinary.txt").stat().st_mode}

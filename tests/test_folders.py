@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from imgcls.data.audit import audit
 from imgcls.data.folders import discover, expand_inputs, find_evaluation_images
 from imgcls.data.images import decode_image
 from imgcls.errors import ImgclsError
@@ -82,6 +83,110 @@ def test_test_split_is_carved_out_and_both_fractions_are_of_the_whole_pool(tmp_p
 
     assert dataset.counts() == {"train": {"cat": 14, "dog": 7}, "validation": {"cat": 4, "dog": 2},
                                 "test": {"cat": 2, "dog": 1}}
+
+
+# --- layouts of downloaded datasets ----------------------------------------------------------
+
+@pytest.mark.parametrize("train, validation, test", [
+    ("training_set", None, "test_set"),  # Kaggle (cats and dogs, ...)
+    ("Training", "Validation", "Testing"),  # capitalised, as many Kaggle uploads are
+    ("train", "dev", "test"),
+    ("TRAIN", "VAL", None),
+    ("training", "validation_set", "testing"),
+])
+def test_the_split_folder_names_of_popular_datasets_are_splits_in_any_case(tmp_path, train, validation, test):
+    given = {name: split for name, split in ((train, "train"), (validation, "validation"), (test, "test")) if name}
+    _tree(tmp_path, {f"{name}/{cls}": 2 for name in given for cls in ("cats", "dogs")})
+
+    dataset = discover(tmp_path)
+
+    assert dataset.classes == ["cats", "dogs"]
+    assert set(dataset.splits) == {"train", "validation", *(["test"] if test else [])}
+    for name, split in given.items():
+        assert {sample.path.parent.parent.name for sample in dataset.splits[split]} == {name}
+
+
+def test_evaluation_finds_a_test_set_folder_and_a_split_asked_for_by_another_name(tmp_path):
+    files = _tree(tmp_path, {"training_set/cats": 2, "training_set/dogs": 2, "test_set/cats": 1, "test_set/dogs": 1})
+
+    assert _paths(find_evaluation_images(tmp_path, ["cats", "dogs"])) == set(files["test_set/cats"] + files["test_set/dogs"])
+    assert len(find_evaluation_images(tmp_path, ["cats", "dogs"], split="Training")) == 4
+
+
+def _one_line_layout_error(root: Path, found: str, *also: str) -> str:
+    with pytest.raises(ImgclsError) as raised:
+        discover(root)
+    message = str(raised.value)
+    assert "\n" not in message
+    assert f"found {root / found}" in message
+    assert f"expected {root}/<class>/*.png or {root}/train/<class>/*.png" in message
+    for part in also:
+        assert part in message
+    return message
+
+
+def test_the_kaggle_cats_and_dogs_download_one_level_too_deep_is_refused_with_the_layout(tmp_path):
+    # The archive unpacks as training_set/training_set/cats/cat.1.jpg: classes named like splits.
+    _tree(tmp_path, {"training_set/training_set/cats": 2, "training_set/training_set/dogs": 2,
+                     "test_set/test_set/cats": 1, "test_set/test_set/dogs": 1})
+
+    _one_line_layout_error(tmp_path, "training_set/training_set/cats/*.png", "a split folder 'training_set' inside",
+                           f"move the class folders of '{tmp_path / 'training_set' / 'training_set'}' up one level")
+
+
+def test_a_class_folder_holding_class_folders_is_refused_with_the_layout_found(tmp_path):
+    _tree(tmp_path, {"animals/cat": 2, "animals/dog": 2})
+
+    _one_line_layout_error(tmp_path, "animals/cat/*.png", "class folders inside the class folder 'animals'",
+                           f"pass '{tmp_path / 'animals'}' as the data folder")
+
+
+def test_several_class_folders_holding_class_folders_are_refused(tmp_path):
+    _tree(tmp_path, {"animals/cat": 2, "animals/dog": 2, "vehicles/bus": 2, "vehicles/car": 2})
+
+    _one_line_layout_error(tmp_path, "animals/cat/*.png", f"move its class folders up into '{tmp_path}'")
+
+
+def test_a_dataset_folder_holding_split_folders_is_refused_with_the_folder_to_pass(tmp_path):
+    _tree(tmp_path, {"flowers/train/rose": 2, "flowers/train/tulip": 2, "flowers/test/rose": 1, "flowers/test/tulip": 1})
+
+    _one_line_layout_error(tmp_path, "flowers/test/rose/*.png", "split folders inside 'flowers'",
+                           f"pass '{tmp_path / 'flowers'}' as the data folder")
+
+
+def test_a_split_folder_holding_class_folders_in_class_folders_is_refused(tmp_path):
+    _tree(tmp_path, {"train/animals/cat": 2, "train/animals/dog": 2, "train/vehicles/car": 2, "train/vehicles/bus": 2})
+
+    _one_line_layout_error(tmp_path, "train/animals/cat/*.png", "class folders inside the class folder 'animals'")
+
+
+def test_subfolders_of_a_class_with_images_of_its_own_or_a_single_subfolder_are_one_class(tmp_path):
+    files = _tree(tmp_path, {"cat": 2, "cat/more": 2, "cat/even more": 1, "dog/photos": 3})
+
+    dataset = discover(tmp_path)
+
+    assert dataset.classes == ["cat", "dog"]
+    every = [sample for samples in dataset.splits.values() for sample in samples]
+    assert {sample.path for sample in every} == {path for group in files.values() for path in group}
+
+
+def test_two_folders_of_one_split_are_an_error_naming_both(tmp_path):
+    _tree(tmp_path, {"train/cat": 2, "train/dog": 2, "training_set/cat": 2, "training_set/dog": 2})
+
+    with pytest.raises(ImgclsError, match=r"has two train folders, 'train' and 'training_set'; merge them"):
+        discover(tmp_path)
+
+
+def test_the_audit_reads_a_kaggle_layout_as_splits_and_refuses_a_nested_one(tmp_path):
+    _tree(tmp_path / "kaggle", {"training_set/cats": 3, "training_set/dogs": 3, "test_set/cats": 1, "test_set/dogs": 1})
+    _tree(tmp_path / "nested", {"animals/cat": 2, "animals/dog": 2})
+
+    report = audit(tmp_path / "kaggle", near_duplicates=False)
+
+    assert report["layout"] == "split-folders"
+    assert report["counts"]["test"] == {"cats": 1, "dogs": 1}
+    with pytest.raises(ImgclsError, match="class folders inside the class folder 'animals'"):
+        audit(tmp_path / "nested", near_duplicates=False)
 
 
 def test_unicode_and_space_names_are_found(tmp_path):
@@ -170,7 +275,7 @@ def test_a_single_class_is_an_error_explaining_the_layout(tmp_path):
 def test_split_folders_without_train_is_an_error(tmp_path):
     _tree(tmp_path, {"validation/cat": 2, "validation/dog": 2})
 
-    with pytest.raises(ImgclsError, match=r"has \['validation'\] folders but no 'train' folder; add .*train"):
+    with pytest.raises(ImgclsError, match=r"has validation/ but no training folder \(train/, training/ or training_set/\); add .*train"):
         discover(tmp_path)
 
 

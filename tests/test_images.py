@@ -2,15 +2,20 @@
 from __future__ import annotations
 
 import gc
+import io
+import os
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import imgcls.data.images as images
 from imgcls.data.cache import decode_all
-from imgcls.data.images import UnreadableImage, decode_image
+from imgcls.data.images import UnreadableImage, decode_image, split_batch
+from imgcls.errors import UsageError
 
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
 
@@ -325,3 +330,194 @@ def test_decode_all_skips_and_lists_unreadable_files_and_decodes_the_rest(broken
     assert "not an image" in reasons[broken_files["not an image"]]
     assert "decompression bomb" in reasons[bomb]
     assert _snapshot(paths) == before
+
+
+# --- pixels in memory: numpy arrays, torch tensors, PIL images, bytes ------------------------
+
+def _float(pixels: np.ndarray) -> np.ndarray:
+    """uint8 pixels as float32 in [0, 1], as torchvision's ToTensor gives them."""
+    return pixels.astype(np.float32) / 255
+
+
+def test_a_float_array_in_0_1_decodes_to_the_pixels_not_to_black():
+    pixels = _noise(30)
+
+    decoded = decode_image(_float(pixels))
+
+    np.testing.assert_array_equal(decoded, pixels)
+
+
+@pytest.mark.parametrize("convert", [
+    pytest.param(lambda p: p, id="numpy HWC uint8"),
+    pytest.param(lambda p: p.transpose(2, 0, 1).copy(), id="numpy CHW uint8"),
+    pytest.param(lambda p: _float(p).transpose(2, 0, 1), id="numpy CHW float"),
+    pytest.param(lambda p: p.astype(np.int64), id="numpy HWC int64 in 0..255"),
+    pytest.param(lambda p: torch.from_numpy(_float(p)).permute(2, 0, 1), id="torch CHW float (ToTensor)"),
+    pytest.param(lambda p: torch.from_numpy(_float(p)).permute(2, 0, 1).half(), id="torch CHW float16"),
+    pytest.param(lambda p: torch.from_numpy(_float(p)).permute(2, 0, 1).requires_grad_(), id="torch needing grad"),
+    pytest.param(lambda p: torch.from_numpy(p.copy()), id="torch HWC uint8"),
+    pytest.param(lambda p: Image.fromarray(p), id="PIL image"),
+    pytest.param(lambda p: _png_bytes(p), id="PNG bytes"),
+    pytest.param(lambda p: bytearray(_png_bytes(p)), id="PNG bytearray"),
+])
+def test_every_accepted_kind_of_rgb_source_decodes_to_the_same_pixels(convert):
+    pixels = _noise(31)
+
+    decoded = decode_image(convert(pixels))
+
+    assert decoded.dtype == np.uint8 and decoded.shape == (16, 24, 3)
+    tolerance = 1 if "float16" in str(getattr(convert(pixels), "dtype", "")) else 0  # half keeps 11 bits
+    assert np.abs(decoded.astype(int) - pixels).max() <= tolerance
+
+
+def _png_bytes(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("convert", [
+    pytest.param(lambda g: g, id="numpy HW uint8"),
+    pytest.param(lambda g: g[:, :, None], id="numpy HW1"),
+    pytest.param(lambda g: g[None], id="numpy 1HW"),
+    pytest.param(lambda g: torch.from_numpy(_float(g))[None], id="torch 1HW float"),
+    pytest.param(lambda g: torch.from_numpy(_float(g)), id="torch HW float"),
+])
+def test_grayscale_pixels_become_three_equal_channels(convert):
+    grey = _noise(32)[..., 0]
+
+    decoded = decode_image(convert(grey))
+
+    assert decoded.shape == (16, 24, 3)
+    for channel in range(3):
+        np.testing.assert_array_equal(decoded[..., channel], grey)
+
+
+@pytest.mark.parametrize("channels_first", [False, True])
+def test_rgba_pixels_are_composited_on_white_as_an_rgba_file_is(tmp_path, channels_first):
+    rgba = np.concatenate([_noise(33), np.full((16, 24, 1), 0, np.uint8)], axis=2)
+    rgba[:8, :, 3] = 255  # top half opaque, bottom half transparent
+    source = torch.from_numpy(_float(rgba)).permute(2, 0, 1) if channels_first else rgba
+
+    decoded = decode_image(source)
+
+    np.testing.assert_array_equal(decoded, decode_image(_save(Image.fromarray(rgba), tmp_path / "rgba.png")))
+    assert (decoded[8:] == 255).all()
+
+
+@pytest.mark.parametrize("make_batch", [
+    pytest.param(lambda b: b, id="numpy NHWC uint8"),
+    pytest.param(lambda b: _float(b).transpose(0, 3, 1, 2), id="numpy NCHW float"),
+    pytest.param(lambda b: torch.from_numpy(_float(b)).permute(0, 3, 1, 2), id="torch NCHW float"),
+    pytest.param(lambda b: list(torch.from_numpy(_float(b)).permute(0, 3, 1, 2)), id="list of CHW tensors"),
+])
+def test_a_batch_splits_into_its_images_in_order(make_batch):
+    batch = np.stack([_noise(40 + i) for i in range(3)])
+
+    found = split_batch(make_batch(batch))
+
+    assert len(found) == 3
+    for image, pixels in zip(found, batch):
+        np.testing.assert_array_equal(decode_image(image), pixels)
+
+
+def test_a_single_image_and_a_list_mixing_kinds_split_into_one_entry_each(tmp_path):
+    path = _save(Image.fromarray(_noise(50)), tmp_path / "one.png")
+    chw = torch.rand(3, 16, 24)  # one image, not three grey ones
+
+    assert len(split_batch(chw)) == 1 and split_batch(str(path)) == [str(path)]
+    found = split_batch([path, path.read_bytes(), chw, np.stack([_noise(51), _noise(52)])])
+    assert [type(image).__name__ for image in found] == ["PosixPath" if os.name == "posix" else "WindowsPath",
+                                                         "bytes", "Tensor", "ndarray", "ndarray"]
+
+
+def test_a_batch_of_one_decodes_as_its_image_and_a_larger_batch_is_an_error_pointing_to_predict():
+    pixels = _noise(53)
+
+    np.testing.assert_array_equal(decode_image(pixels[None]), pixels)
+    with pytest.raises(UsageError, match=r"got a batch of 2 images .*shape \(2, 16, 24, 3\).*predict takes batches"):
+        decode_image(np.stack([pixels, pixels]))
+
+
+@pytest.mark.parametrize("source, received", [
+    (torch.randn(3, 16, 24), r"float pixels must lie in \[0, 1\], got -.*torch tensor of shape \(3, 16, 24\)"),
+    (_noise(60).astype(np.float32), r"float pixels must lie in \[0, 1\], got 0\.\.255 in a numpy array.*divide 0\.\.255 values by 255"),
+    (np.full((16, 24, 3), np.nan, np.float32), r"float pixels must lie in \[0, 1\], got nan"),
+    (np.zeros((16, 24, 2), np.uint8), r"cannot find the channels of a numpy array of shape \(16, 24, 2\)"),
+    (torch.zeros(5, 16, 24), r"cannot find the channels of a torch tensor of shape \(5, 16, 24\)"),
+    (np.zeros((1, 2, 3, 16, 24), np.uint8), r"a numpy array of shape \(1, 2, 3, 16, 24\)"),
+    (np.zeros(16, np.uint8), r"a numpy array of shape \(16,\)"),
+    (np.zeros((0, 24, 3), np.uint8), r"a numpy array of shape \(0, 24, 3\)"),
+    (np.full((16, 24), 60000, np.uint16), r"integer pixels must lie in 0\.\.255, got 60000\.\.60000"),
+    (np.zeros((16, 24), np.complex64), r"cannot read a numpy array of shape \(16, 24\) and dtype complex64 as pixels"),
+    ("https://example.com/cat.jpg", r"cannot read the string 'https://example.com/cat.jpg': it is not a file path"),
+    ({"image": b""}, r"cannot read a value of type dict as an image"),
+    (None, r"cannot read a value of type NoneType as an image"),
+])
+def test_sources_that_are_not_images_are_refused_naming_what_was_received_and_what_is_accepted(source, received):
+    with pytest.raises(UsageError) as raised:
+        decode_image(source)
+
+    assert re.search(received, str(raised.value)), str(raised.value)
+    if "pixels must lie" not in received and "batch" not in received:
+        assert "images are a file path, the bytes of an image file, a PIL image, or a numpy array" in str(raised.value)
+
+
+@pytest.mark.parametrize("images, received", [
+    ({"a.png", "b.png"}, "a value of type set"),
+    (42, "a value of type int"),
+    ([[0, 1], [2, 3]], "a value of type list"),
+    (["photo.png", "data:image/png;base64,iVBORw0KGgo="], "the string 'data:image/png;base64"),
+])
+def test_a_batch_of_things_that_are_not_images_is_refused_before_any_decoding(images, received):
+    with pytest.raises(UsageError, match=re.escape(received)):
+        split_batch(images)
+
+
+# --- Predictor.predict on the same inputs ---------------------------------------------------
+
+@pytest.fixture(scope="module")
+def predictor_and_digits(trained_run, digits_dir):
+    from imgcls.predict.predictor import Predictor
+
+    paths = sorted((digits_dir / "predict").glob("*.png"))[:4]
+    grey = np.stack([np.asarray(Image.open(path).convert("L")) for path in paths])  # (4, 32, 32) uint8
+    return Predictor.load(trained_run.bundle_dir), paths, grey
+
+
+def test_predict_gives_the_same_answer_for_a_file_and_its_pixels_in_every_accepted_form(predictor_and_digits):
+    predictor, paths, grey = predictor_and_digits
+    rgb = np.repeat(grey[0][..., None], 3, axis=2)
+    forms = [paths[0], paths[0].read_bytes(), Image.open(paths[0]), grey[0], rgb, _float(rgb),
+             torch.from_numpy(_float(rgb)).permute(2, 0, 1), torch.from_numpy(_float(grey[0]))[None]]
+
+    results = predictor.predict(forms, top_k=3)
+
+    assert len(results) == len(forms) and all(result["error"] is None for result in results)
+    by_file = results[0]
+    for result in results[1:]:
+        assert result["labels"] == by_file["labels"]
+        assert [p["label"] for p in result["predictions"]] == [p["label"] for p in by_file["predictions"]]
+        assert [p["score"] for p in result["predictions"]] == pytest.approx([p["score"] for p in by_file["predictions"]], abs=1e-4)
+
+
+@pytest.mark.parametrize("as_batch", [
+    pytest.param(lambda g: torch.from_numpy(_float(g))[:, None], id="torch N1HW float"),
+    pytest.param(lambda g: g[..., None], id="numpy NHW1 uint8"),
+    pytest.param(lambda g: np.repeat(_float(g)[:, None], 3, axis=1), id="numpy N3HW float"),
+])
+def test_predict_on_a_batch_answers_once_per_image_in_order(predictor_and_digits, as_batch):
+    predictor, paths, grey = predictor_and_digits
+
+    results = predictor.predict(as_batch(grey), top_k=2)
+
+    assert [result["labels"] for result in results] == [result["labels"] for result in predictor.predict(paths)]
+    assert all(result["path"] is None and result["error"] is None for result in results)
+
+
+def test_predict_refuses_normalised_pixels_rather_than_predicting_on_a_black_image(predictor_and_digits):
+    predictor, _, grey = predictor_and_digits
+    normalised = (torch.from_numpy(_float(grey[0]))[None].expand(3, -1, -1) - 0.5) / 0.25
+
+    with pytest.raises(UsageError, match=r"float pixels must lie in \[0, 1\].*undo the mean/std normalisation"):
+        predictor.predict(normalised)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -25,6 +26,15 @@ def bundle(trained_run, tmp_path) -> Path:
 
 def _test_images(digits_dir: Path) -> list[Path]:
     return sorted((digits_dir / "test").rglob("*.png"))
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+def test_the_index_files_get_the_mode_of_a_new_file_like_the_bundle_config(bundle, digits_dir, tmp_path):
+    find_similar(Predictor.load(bundle), _test_images(digits_dir)[:1], k=1, bundle_dir=bundle)
+    (tmp_path / "ordinary").write_bytes(b"")
+
+    for name in (INDEX_FILE, INDEX_META):
+        assert (bundle / name).stat().st_mode == (tmp_path / "ordinary").stat().st_mode, name
 
 
 def test_neighbours_mostly_share_the_query_digit(bundle, digits_dir):

@@ -10,6 +10,7 @@ class ExitStatus(IntEnum):
     ERROR = 1  # the input could not be used (data, bundle, weights)
     USAGE = 2  # the command line itself was wrong
     INTERRUPTED = 130
+    BROKEN_PIPE = 141  # 128 + SIGPIPE: stdout's reader went away (`imgcls models | head`), as a shell reports it
 
 
 class ImgclsError(Exception):

@@ -1,4 +1,9 @@
-"""Atomic file writes: readers (and a crash) see the old file or the new one, never half of one."""
+"""Atomic file writes: readers (and a crash) see the old file or the new one, never half of one.
+
+Every file written here gets the mode a new file gets from open(): 0o666 less the umask (0644 under the
+usual 022), whatever the writer chose. safetensors writes 0600, which would hide a model's weights from a
+server or a colleague running as another user while its config.json stays readable.
+"""
 from __future__ import annotations
 
 import os
@@ -7,17 +12,39 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
+NEW_FILE_MODE = 0o666  # open()'s mode for a new file, before the umask takes its bits away
+
+
+def _umask() -> int:
+    """The process umask. Read from /proc where there is one: setting it to read it (the only portable
+    way) would, for an instant, give files other threads create in that instant the wrong mode."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def default_file_mode() -> int:
+    """The mode of a file created with open(): 0o644 under the usual umask 022."""
+    return NEW_FILE_MODE & ~_umask()
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """A temporary name beside `path` for the block to write; flushed to disk and renamed onto `path`
-    when the block ends without error, removed when it fails."""
+    """A temporary name beside `path` for the block to write; flushed to disk, given the default file mode
+    and renamed onto `path` when the block ends without error, removed when it fails."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # a unique name rather than tempfile.mkstemp, whose 0600 mode would survive the rename
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
     try:
         yield tmp
+        os.chmod(tmp, default_file_mode())  # whatever mode the writer gave it (see the module docstring)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)

@@ -1,10 +1,14 @@
 """Finding labelled images on disk: split folders, class folders, or a labels CSV.
 
 Layouts:
-  ROOT/{train,validation|val|valid,test}/<class>/*   splits given by the user
-  ROOT/<class>/*                                     one pool, split here (stratified, seeded)
-  ROOT/** + labels.csv (path,labels)                 multi-label, labels separated by ';'
-A `predict/` folder holds unlabelled input and is never a class.
+  ROOT/{train,validation,test}/<class>/*   splits given by the user (the names popular datasets use for
+                                           them count too, in any case: training_set/, val/, dev/, ...)
+  ROOT/<class>/*                           one pool, split here (stratified, seeded)
+  ROOT/** + labels.csv (path,labels)       multi-label, labels separated by ';'
+A `predict/` folder holds unlabelled input and is never a class. A class folder may hold its images in
+subfolders, but not class folders of its own nor split folders: a tree one level too deep (the Kaggle
+cats-and-dogs download, training_set/training_set/cats/) is refused with the layout found, rather than
+trained as classes named after the splits.
 """
 from __future__ import annotations
 
@@ -26,7 +30,12 @@ from .manifest import apply_manifest, read_manifest
 
 log = logging.getLogger(__name__)
 
-SPLIT_ALIASES = {"train": "train", "validation": "validation", "val": "validation", "valid": "validation", "test": "test"}
+# Folder name (lower case) -> split: the names of ImageNet, Kaggle's datasets, torchvision's and Hugging Face's.
+SPLIT_ALIASES = {
+    **dict.fromkeys(("train", "training", "training_set"), "train"),
+    **dict.fromkeys(("validation", "val", "valid", "validation_set", "dev"), "validation"),
+    **dict.fromkeys(("test", "testing", "test_set"), "test"),
+}
 UNLABELLED_FOLDERS = frozenset({"predict"})
 
 
@@ -90,9 +99,37 @@ def _images_under(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if is_image_path(p) and _is_file_or_broken_link(p))
 
 
-def _read_class_folders(folder: Path, multi_label: bool) -> dict[Path, set[str]]:
+def _pattern(image: Path) -> str:
+    """'ROOT/cat/*.jpg' for ROOT/cat/0001.jpg: where a layout message shows the images it found."""
+    return str(image.parent / f"*{image.suffix}")
+
+
+def _check_class_folder(class_dir: Path, images: list[Path], n_classes: int, root: Path) -> None:
+    """Refuse a 'class' folder that is a split, or holds splits or class folders: a tree one level too
+    deep would otherwise train without a word on classes named after folders that are no classes.
+    Subfolders are class folders when the folder has no images of its own and two or more of them do."""
+    expected = f"expected {root}/<class>/*{images[0].suffix} or {root}/train/<class>/*{images[0].suffix}"
+    if class_dir.name.lower() in SPLIT_ALIASES:
+        raise ImgclsError(f"found {_pattern(images[0])}, a split folder '{class_dir.name}' inside "
+                          f"'{class_dir.parent.name}'; {expected}; move the class folders of '{class_dir}' up one level")
+    if any(image.parent == class_dir for image in images):  # images of its own: subfolders group them
+        return
+    depth = len(class_dir.parts)
+    splits = [image for image in images if image.parts[depth].lower() in SPLIT_ALIASES]
+    if splits:
+        raise ImgclsError(f"found {_pattern(splits[0])}, split folders inside '{class_dir.name}'; {expected}; "
+                          f"pass '{class_dir}' as the data folder")
+    shallow = [image for image in images if len(image.parts) == depth + 2]
+    if len({image.parent for image in shallow}) >= 2:
+        fix = (f"pass '{class_dir}' as the data folder" if n_classes == 1 else
+               f"move its class folders up into '{root}', or if they are not classes, their images up into '{class_dir}'")
+        raise ImgclsError(f"found {_pattern(shallow[0])}, class folders inside the class folder '{class_dir.name}'; "
+                          f"{expected}; {fix}")
+
+
+def _read_class_folders(folder: Path, multi_label: bool, root: Path) -> dict[Path, set[str]]:
     """Map each image to its class names; in multi-label mode identical files in several
-    class folders are one image with several labels."""
+    class folders are one image with several labels. root: the data folder, for messages."""
     class_dirs = [d for d in _subfolders(folder) if d.name.lower() not in UNLABELLED_FOLDERS]
     labelled: dict[Path, set[str]] = {}
     by_content: dict[str, Path] = {}
@@ -100,6 +137,7 @@ def _read_class_folders(folder: Path, multi_label: bool) -> dict[Path, set[str]]
         images = _images_under(class_dir)
         if not images:
             raise ImgclsError(f"class folder '{class_dir}' has no images; add some or remove the folder")
+        _check_class_folder(class_dir, images, len(class_dirs), root)
         for path in images:
             if multi_label:
                 try:
@@ -190,13 +228,23 @@ def _check_classes(classes: list[str], root: Path) -> None:
 
 
 def find_split_folders(root: Path) -> dict[str, Path]:
-    """The split folders present under root, by canonical name."""
-    found = {}
+    """The split folders present under root, by canonical name; two folders of one split (train/ and
+    training/) are an error, as taking either would silently leave out the other's images."""
+    found: dict[str, Path] = {}
     for folder in _subfolders(root):
         split = SPLIT_ALIASES.get(folder.name.lower())
-        if split and split not in found:
+        if split in found:
+            raise ImgclsError(f"'{root}' has two {split} folders, '{found[split].name}' and '{folder.name}'; "
+                              "merge them into one")
+        if split:
             found[split] = folder
-    return found
+    return {split: found[split] for split in ("train", "validation", "test") if split in found}
+
+
+def _split_names(split: str) -> str:
+    """The folder names a split may have, for messages: 'train/, training/ or training_set/'."""
+    names = [f"{name}/" for name, canonical in SPLIT_ALIASES.items() if canonical == split]
+    return ", ".join(names[:-1]) + f" or {names[-1]}"
 
 
 def discover(
@@ -223,13 +271,14 @@ def discover(
         multi_label = True
     elif split_dirs:
         if "train" not in split_dirs:
+            found = ", ".join(f"{folder.name}/" for folder in split_dirs.values())
             raise ImgclsError(
-                f"'{root}' has {sorted(split_dirs)} folders but no 'train' folder; "
+                f"'{root}' has {found} but no training folder ({_split_names('train')}); "
                 f"add the training images as {root / 'train'}/<class>/*.jpg"
             )
-        per_split = {split: _read_class_folders(folder, multi_label) for split, folder in split_dirs.items()}
+        per_split = {split: _read_class_folders(folder, multi_label, root) for split, folder in split_dirs.items()}
     else:
-        per_split = {"train": _read_class_folders(root, multi_label)}
+        per_split = {"train": _read_class_folders(root, multi_label, root)}
 
     classes = sorted({name for labelled in per_split.values() for names in labelled.values() for name in names})
     train_classes = sorted({name for names in per_split["train"].values() for name in names})
@@ -272,14 +321,15 @@ def find_evaluation_images(root: str | Path, classes: list[str], split: str | No
         labelled = _labels_from_csv(Path(labels_csv), root)
     else:
         split_dirs = find_split_folders(root)
-        if split is not None and SPLIT_ALIASES.get(split, split) not in split_dirs:
+        split = SPLIT_ALIASES.get(split.lower(), split) if split is not None else None
+        if split is not None and split not in split_dirs:
             found = (f"it has {sorted(split_dirs)}" if split_dirs
                      else "it is a plain class-folder tree; leave out --split to use every image")
             raise ImgclsError(f"'{root}' has no {split!r} split; {found}")
-        chosen = SPLIT_ALIASES.get(split, split) if split else next((s for s in ("test", "validation") if s in split_dirs), None)
+        chosen = split or next((s for s in ("test", "validation") if s in split_dirs), None)
         if split_dirs and chosen is None:
             raise ImgclsError(f"'{root}' has only a train split; evaluate needs test/ or validation/ (or pass --split train)")
-        labelled = _read_class_folders(split_dirs[chosen] if chosen else root, multi_label)
+        labelled = _read_class_folders(split_dirs[chosen] if chosen else root, multi_label, root)
     unknown = sorted({n for names in labelled.values() for n in names} - set(classes))
     if unknown:
         raise ImgclsError(f"classes {unknown} in '{root}' are not classes of the model ({len(classes)} known: {classes[:10]})")

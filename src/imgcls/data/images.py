@@ -1,21 +1,27 @@
 """Decoding one image file into an RGB uint8 array, the same way for training and prediction.
 
 Handles what scraped folders contain: EXIF rotation, palette/alpha/CMYK/grayscale/16-bit modes,
-animated GIFs (first frame), truncated files and decompression bombs.
+animated GIFs (first frame), truncated files and decompression bombs. In memory it takes what Python
+users hold: bytes, PIL images, and numpy arrays or torch tensors of pixels, (H, W), (H, W, C) or
+(C, H, W), uint8 or float in [0, 1] (torchvision's ToTensor convention); `split_batch` turns a batch
+(N, H, W, C) or (N, C, H, W) into its images. Pixels that fit none of these are refused, never guessed.
 """
 from __future__ import annotations
 
 import errno
 import io
 import os
+import re
 import warnings
 from pathlib import Path
-from typing import Union
+from typing import Iterable, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
+
+from ..errors import UsageError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"})
 # 89.5 Mpx is Pillow's own warning limit; a 16k x 16k photo is above it, an 8k one is not.
@@ -31,7 +37,13 @@ STRIP_ROWS = 256  # rows converted at once while shrinking: a few MB of RGB even
 # a tenth of a CIFAR image's decode for nothing.
 _JPEG_ORIENTATION_KEYS = frozenset({"exif", "xmp", "XML:com.adobe.xmp"})
 
-ImageSource = Union[str, Path, bytes, Image.Image, np.ndarray]
+ImageSource = Union[str, Path, bytes, Image.Image, np.ndarray, torch.Tensor]
+ACCEPTED_SOURCES = ("a file path, the bytes of an image file, a PIL image, or a numpy array or torch tensor of "
+                    "pixels shaped (H, W), (H, W, C) or (C, H, W) with C = 1, 3 or 4, uint8 or float in [0, 1] "
+                    "(a batch (N, H, W, C) or (N, C, H, W) is N images)")
+CHANNELS = (1, 3, 4)  # grey, RGB, RGBA
+MAX_PATH_CHARS = 4096  # PATH_MAX on Linux: a longer string is data, not a file name
+_URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://|data:")
 # We enforce MAX_PIXELS ourselves right after reading the header; Pillow's own warning would
 # only repeat it (and catching it per call with warnings.catch_warnings is not thread-safe).
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
@@ -60,7 +72,7 @@ def open_image(source) -> Image.Image:
     """Open (header only, no pixel decoding yet), refusing empty files, non-images and bombs."""
     if isinstance(source, Image.Image):
         return source
-    if isinstance(source, bytes):
+    if isinstance(source, (bytes, bytearray)):
         source = io.BytesIO(source)
     try:
         image = Image.open(source)
@@ -132,15 +144,111 @@ def _resize(pixels: np.ndarray, size: int) -> np.ndarray:
     return planes.permute(1, 2, 0).contiguous().numpy()
 
 
+def _describe(source) -> str:
+    """What the caller passed, for a message: its type, and a shape and dtype, or the start of a string."""
+    if isinstance(source, (np.ndarray, torch.Tensor)):
+        kind = "numpy array" if isinstance(source, np.ndarray) else "torch tensor"
+        return f"a {kind} of shape {tuple(source.shape)} and dtype {str(source.dtype).replace('torch.', '')}"
+    if isinstance(source, str):
+        return f"the string {source[:60]!r}{'...' if len(source) > 60 else ''}"
+    module = type(source).__module__
+    return f"a value of type {'' if module == 'builtins' else module.split('.')[0] + '.'}{type(source).__qualname__}"
+
+
+def _is_source(source) -> bool:
+    """One image, or a batch array/tensor: anything decode_image or split_batch reads."""
+    return isinstance(source, (str, os.PathLike, bytes, bytearray, Image.Image, np.ndarray, torch.Tensor))
+
+
+def _check_string(source: str) -> None:
+    """A string is a path; a URL or data in a string is refused here rather than reported as a missing file."""
+    if _URL.match(source) or len(source) > MAX_PATH_CHARS or "\n" in source or "\0" in source:
+        raise UsageError(f"cannot read {_describe(source)}: it is not a file path (download a URL first, and pass "
+                         f"decoded data as bytes); images are {ACCEPTED_SOURCES}")
+
+
+def split_batch(images) -> list:
+    """The images of `images`, one entry each, in order: a single image is a list of one, a batch array or
+    tensor (4 dimensions) is its N images, and a list or other iterable may hold any of these. Predictors
+    call this first, so that they answer once per image. Anything else is refused, naming what it got."""
+    if _is_source(images):
+        images = [images]
+    elif isinstance(images, (dict, set, frozenset)) or not isinstance(images, Iterable):  # no order to answer in
+        raise UsageError(f"cannot read {_describe(images)} as images; give one image or a list of them, each "
+                         f"{ACCEPTED_SOURCES}")
+    found = []
+    for image in images:
+        if not _is_source(image):
+            raise UsageError(f"cannot read {_describe(image)} as an image; images are {ACCEPTED_SOURCES}")
+        if isinstance(image, str):
+            _check_string(image)
+        found += list(image) if isinstance(image, (np.ndarray, torch.Tensor)) and image.ndim == 4 else [image]
+    return found
+
+
+def _to_uint8(pixels: np.ndarray, source) -> np.ndarray:
+    """uint8 as given; integers in 0..255 as they are; floats in [0, 1] scaled to 0..255, as ToTensor made them.
+    Floats outside [0, 1] are refused: clipping would turn normalised pixels black or white without a word."""
+    if pixels.dtype == np.uint8:
+        return pixels
+    if pixels.dtype.kind in "iu":
+        low, high = int(pixels.min()), int(pixels.max())
+        if low < 0 or high > 255:
+            raise UsageError(f"integer pixels must lie in 0..255, got {low}..{high} in {_describe(source)}; "
+                             "scale them to 8 bits (16-bit: // 257)")
+        return pixels.astype(np.uint8)
+    if pixels.dtype.kind == "f":
+        low, high = float(pixels.min()), float(pixels.max())
+        if not (0 <= low and high <= 1):  # also refuses NaN
+            raise UsageError(f"float pixels must lie in [0, 1], got {low:.4g}..{high:.4g} in {_describe(source)}; "
+                             "divide 0..255 values by 255, or undo the mean/std normalisation")
+        return np.round(pixels * 255).astype(np.uint8)
+    raise UsageError(f"cannot read {_describe(source)} as pixels; images are {ACCEPTED_SOURCES}")
+
+
+def _array_image(source: np.ndarray | torch.Tensor) -> Image.Image:
+    """The PIL image of one image's pixels. (C, H, W) or (H, W, C) is told by where a channel count of
+    1, 3 or 4 is; where both ends are (a 4 x 4 RGB image), a tensor is (C, H, W) as in torchvision and
+    an array (H, W, C) as in PIL and OpenCV."""
+    is_tensor = isinstance(source, torch.Tensor)
+    if is_tensor:
+        tensor = source.detach().cpu()
+        pixels = (tensor.float() if tensor.is_floating_point() else tensor).numpy()  # numpy has no bfloat16
+    else:
+        pixels = source
+    if pixels.ndim == 4 and len(pixels) == 1:
+        pixels = pixels[0]
+    if pixels.ndim == 4:
+        raise UsageError(f"got a batch of {len(pixels)} images ({_describe(source)}) where one image goes; "
+                         "predict takes batches, or pass one image of it")
+    if pixels.ndim not in (2, 3) or pixels.size == 0:
+        raise UsageError(f"cannot read {_describe(source)} as an image; images are {ACCEPTED_SOURCES}")
+    if pixels.ndim == 3:
+        first, last = pixels.shape[0] in CHANNELS, pixels.shape[2] in CHANNELS
+        if first and (is_tensor or not last):
+            pixels = np.moveaxis(pixels, 0, -1)
+        elif not last:
+            raise UsageError(f"cannot find the channels of {_describe(source)}: neither its first nor its last "
+                             f"dimension is 1, 3 or 4; images are {ACCEPTED_SOURCES}")
+        if pixels.shape[2] == 1:
+            pixels = pixels[..., 0]
+    return Image.fromarray(np.ascontiguousarray(_to_uint8(pixels, source)))  # (H, W) L, (H, W, 3) RGB, (H, W, 4) RGBA
+
+
 def decode_image(source: ImageSource, size: int | None = None) -> np.ndarray:
     """Decode to an (H, W, 3) uint8 array, squashed to (size, size) when size is given.
 
     Squashing (not cropping) keeps every object in frame, as Keras' flow_from_directory does;
     training and prediction both call this function so they can never disagree.
+    Sources: ACCEPTED_SOURCES, one image (see split_batch for batches); others raise UsageError.
     """
-    if isinstance(source, np.ndarray):
-        image = Image.fromarray(source if source.dtype == np.uint8 else np.clip(source, 0, 255).astype(np.uint8))
+    if isinstance(source, (np.ndarray, torch.Tensor)):
+        image = _array_image(source)
+    elif not _is_source(source):
+        raise UsageError(f"cannot read {_describe(source)} as an image; images are {ACCEPTED_SOURCES}")
     else:
+        if isinstance(source, str):
+            _check_string(source)
         image = open_image(source)
     opened = image
     try:

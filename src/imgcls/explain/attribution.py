@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..extras import require
+
 SMOOTHGRAD_SAMPLES = 16  # Smilkov et al. see diminishing returns near 50; 16 keeps explain interactive on a CPU
 SMOOTHGRAD_NOISE = 0.15  # std of the added noise, as a fraction of the [0, 1] input range (paper: 10-20%)
 IG_STEPS = 32  # Gauss-Legendre steps from black; Captum's 50 moved our [0, 1] maps by 0.002 on average (max 0.04)
@@ -24,9 +26,7 @@ PIXEL_PERCENTILE = 99.0  # pixel maps have a few extreme values: scale by the 99
 
 def _captum():
     """captum.attr, imported on first use: at import time it adds 0.4 s to every imgcls command."""
-    from captum import attr
-
-    return attr
+    return require("explain", "captum.attr")
 
 def gradcam(model: nn.Module, layer: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return _captum().LayerGradCam(model, layer).attribute(images, target=targets, relu_attributions=True)[:, 0]

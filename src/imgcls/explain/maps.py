@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..data.images import ImageSource, UnreadableImage, decode_image
+from ..data.images import ImageSource, UnreadableImage, decode_image, split_batch
 from ..data.loader import to_model_input
 from ..errors import ImgclsError, UsageError, did_you_mean
 from ..fileio import atomic_write, atomic_write_bytes
@@ -181,14 +181,13 @@ def _explain_filters(predictor, layer, pixels, probs, pairs) -> list[tuple]:
 @torch.enable_grad()
 def explain(predictor, images: Sequence[ImageSource] | ImageSource, method: str = "gradcam",
             class_name: str | None = None, layer: str | None = None) -> list[Explanation]:
-    """Explanations of `predictor`'s decisions on `images` (paths, bytes, PIL images or uint8 arrays).
+    """Explanations of `predictor`'s decisions on `images` (data.images.ACCEPTED_SOURCES, or a list of them).
 
     Runs the model with gradients, and splices hooks into it for the time of the call: do not
     run other forwards of the same model concurrently."""
     check_method(method)
     require_torch_model(predictor)
-    if isinstance(images, (str, Path, bytes, np.ndarray)) or not isinstance(images, Sequence):
-        images = [images]
+    images = split_batch(images)  # one entry per image: a batch array or tensor is several
     if layer is not None and method in (*PIXEL_MAPS, "blocks"):
         raise UsageError(f"--layer does not apply to --method {method} "
                          f"({'it explains the input pixels' if method in PIXEL_MAPS else 'it shows every block'}); "

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import onnx
 import torch
 import torch.nn.functional as F
 
@@ -23,11 +22,14 @@ from ..data.cache import decode_all
 from ..data.folders import expand_inputs, find_split_folders
 from ..data.loader import to_model_input
 from ..errors import ImgclsError, UsageError
+from ..extras import require
 from ..fileio import atomic_write
 from ..models.bundle import BundleConfig, find_bundle, load_bundle
 from ..models.classifier import Classifier
 from ..predict.predictor import Predictor
 from .session import INPUT_NAME, ONNX_FILE, OUTPUT_NAME, OnnxModel
+
+onnx = require("onnx", "onnx")
 
 # Opset 17 has LayerNormalization (ViTs export as one node) and runs on onnxruntime >= 1.11
 # (2022) and every torch >= 2.4 exporter; newer opsets add nothing these models use.

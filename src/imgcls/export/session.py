@@ -11,10 +11,10 @@ import os
 from pathlib import Path
 
 import numpy as np
-import onnxruntime
 import torch
 
 from ..errors import ImgclsError
+from ..extras import require
 from ..models.bundle import BundleConfig, find_bundle, read_bundle_config
 
 log = logging.getLogger(__name__)
@@ -28,9 +28,14 @@ def _cpu_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def _onnxruntime():
+    """onnxruntime, imported on first use: the server imports this module (ONNX_FILE) with or without the onnx extra."""
+    return require("onnx", "onnxruntime")
+
+
 def _providers(device: torch.device) -> list:
     if device.type == "cuda":
-        if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        if "CUDAExecutionProvider" in _onnxruntime().get_available_providers():
             return [("CUDAExecutionProvider", {"device_id": device.index or 0}), "CPUExecutionProvider"]
         log.warning("onnxruntime has no CUDA provider here (it needs the onnxruntime-gpu package); running on CPU")
     return ["CPUExecutionProvider"]
@@ -41,6 +46,7 @@ class OnnxModel:
     so Predictor needs no engine-specific code."""
 
     def __init__(self, path: str | Path, device: str | torch.device = "cpu"):
+        onnxruntime = _onnxruntime()
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = _cpu_cores()  # ORT's default counts physical cores only
         try:

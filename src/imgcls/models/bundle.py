@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from .. import __version__
 from ..errors import ImgclsError, did_you_mean
-from ..fileio import atomic_write_bytes
+from ..fileio import atomic_write, atomic_write_bytes
 from .classifier import TTA_MODES, Classifier
 from .registry import architecture_arguments, check_model_name, create_model
 from .weights import first_line
@@ -90,7 +90,9 @@ def save_bundle(model: Classifier, config: BundleConfig, folder: str | Path) -> 
     staging.mkdir()  # not tempfile.mkdtemp: its 0700 would hide the bundle from a server run as another user
     try:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(staging / WEIGHTS_FILE), metadata={"format": "pt", "imgcls_version": __version__})
+        metadata = {"format": "pt", "imgcls_version": __version__}
+        # through atomic_write for its file mode: safetensors alone leaves the weights readable by their owner only
+        atomic_write(staging / WEIGHTS_FILE, lambda tmp: save_file(state, tmp, metadata=metadata))
         (staging / LABELS_FILE).write_text("\n".join(config.classes) + "\n", encoding="utf-8")
         (staging / CONFIG_FILE).write_text(json.dumps(asdict(config), indent=2, ensure_ascii=False), encoding="utf-8")
         old = folder.with_name(f".{folder.name}.old")

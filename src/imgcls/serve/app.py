@@ -21,6 +21,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal, Optional
 
+from ..extras import require
+
+require("serve", "fastapi")  # first: without the serve extra, one line naming it rather than a traceback
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.middleware.cors import CORSMiddleware

@@ -15,12 +15,13 @@ import os
 from dataclasses import asdict, replace
 from pathlib import Path
 
-import uvicorn
-
 from ..errors import UsageError
+from ..extras import require
 from ..models.bundle import read_bundle_config
 from .app import create_app
 from .config import ServeConfig
+
+uvicorn = require("serve", "uvicorn")
 
 log = logging.getLogger(__name__)
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..data.images import UnreadableImage, decode_image, open_image
 from ..errors import ImgclsError, UsageError
+from ..extras import installed
 from ..explain.maps import EXPLAIN_METHODS, Explanation, check_method, explain
 from ..export.session import ONNX_FILE
 from ..predict.predictor import ENGINES, Predictor
@@ -44,7 +45,9 @@ def load_models(bundle: str | Path, device: str = "auto", engine: str = "auto") 
         raise UsageError(f"unknown engine {engine!r}; use auto, {' or '.join(ENGINES)}")
     predictor = Predictor.load(bundle, device)
     exported = predictor.bundle_dir / ONNX_FILE
-    if engine == "onnx" or (engine == "auto" and exported.is_file()):
+    if engine == "auto" and exported.is_file() and not installed("onnxruntime"):
+        log.warning("predictions run on PyTorch: %s needs the onnx extra (pip install 'imgcls[onnx]')", exported.name)
+    elif engine == "onnx" or (engine == "auto" and exported.is_file()):
         log.info("predictions run on ONNX Runtime (%s)", exported)
         return predictor, Predictor.load(bundle, device, engine="onnx")
     return predictor, predictor
