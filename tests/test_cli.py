@@ -4,11 +4,16 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
+from PIL import Image
 
 from imgcls.cli.main import main
+from imgcls.errors import ImgclsError
 
 
 def run_cli(capsys, *argv):
@@ -31,7 +36,7 @@ def test_predict_reports_unreadable_files_and_still_predicts_the_others(capsys, 
     (tmp_path / "empty.jpg").write_bytes(b"")
     code, out, err = run_cli(capsys, "predict", trained_run.run_dir, tmp_path, "--format", "json")
     by_name = {r["path"].rsplit("/", 1)[-1]: r for r in json.loads(out)}
-    assert code == 0
+    assert code == 1, "a script must see that an image was not predicted"
     assert by_name["empty.jpg"]["error"] == "empty file (0 bytes)" and by_name["empty.jpg"]["predictions"] == []
     assert by_name["good image ü.png"]["error"] is None and by_name["good image ü.png"]["predictions"]
     assert "1 of 2 images could not be read" in err
@@ -111,3 +116,45 @@ def test_evaluate_never_overwrites_the_validation_results_written_by_training(ca
     code, out, _ = run_cli(capsys, "evaluate", trained_run.run_dir, digits_dir)
     assert code == 0 and (trained_run.run_dir / f"evaluation-{digits_dir.name}" / "metrics.json").is_file()
     assert (trained_run.run_dir / "evaluation" / "metrics.json").read_bytes() == training_metrics
+
+
+# --- behaving like a Unix command -----------------------------------------------------------
+
+def test_output_into_a_pipe_closed_early_ends_quietly(tmp_path):
+    # `imgcls models | head -1`: head exits after its line. The read end is closed before imgcls writes,
+    # so the write fails every time, not only when the output outgrows the pipe's buffer.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run([sys.executable, "-m", "imgcls.cli.main", "models"], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+
+    assert done.returncode in (0, 141) and done.stderr == ""
+
+
+def test_global_flags_work_after_the_command_too(capsys, tmp_path):
+    data = tmp_path / "data"
+    for cls in ("cat", "dog"):
+        for index in range(3):
+            (data / cls).mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (8, 8), (index * 40, 0, 200 if cls == "cat" else 0)).save(data / cls / f"{index}.png")
+
+    for argv in (["audit", data], ["--quiet", "audit", data], ["audit", data, "--quiet"]):
+        code, _, err = run_cli(capsys, *argv)
+        assert code == 0 and ("auditing 6 images" in err) == (argv[0] == "audit" and argv[-1] != "--quiet"), argv
+    with pytest.raises(ImgclsError, match="class folders inside the class folder 'data'"):
+        main(["audit", str(tmp_path), "--debug"])  # --debug: the exception itself, with its traceback
+    code, _, err = run_cli(capsys, "audit", tmp_path)
+    assert code == 1 and "class folders inside the class folder 'data'" in err
+
+
+def test_warnings_in_the_log_are_prefixed_and_progress_lines_are_not(capsys, trained_run, digits_dir, tmp_path):
+    (tmp_path / "empty").mkdir()
+    image = next((digits_dir / "predict").glob("*.png"))
+
+    code, out, err = run_cli(capsys, "predict", trained_run.run_dir, tmp_path / "empty", image, "--format", "json")
+
+    assert code == 0 and len(json.loads(out)) == 1
+    assert f"warning: no images in folder '{tmp_path / 'empty'}'" in err.splitlines()

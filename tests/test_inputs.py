@@ -175,7 +175,7 @@ def test_predict_exits_0_when_every_named_file_is_read(capsys, trained_run, digi
     assert code == 0 and [r["error"] for r in json.loads(out)] == [None, None]
 
 
-def test_predict_lists_a_folders_unreadable_files_as_skipped_rows_and_exits_0(capsys, trained_run, digits_dir, tmp_path):
+def test_predict_lists_a_folders_unreadable_files_as_error_rows_and_exits_1(capsys, trained_run, digits_dir, tmp_path):
     folder = tmp_path / "photos"
     folder.mkdir()
     for image in sorted((digits_dir / "predict").glob("*.png"))[:2]:
@@ -186,7 +186,7 @@ def test_predict_lists_a_folders_unreadable_files_as_skipped_rows_and_exits_0(ca
     code, out, err = run_cli(capsys, "predict", trained_run.run_dir, folder, "--format", "json")
 
     errors = {Path(r["path"]).name: r["error"] for r in json.loads(out)}
-    assert code == 0, "a folder's unreadable files are skipped with a warning, not a failure"
+    assert code == 1, "the readable images get their rows, and the exit status says some could not be read"
     assert len(errors) == 4 and sum(e is None for e in errors.values()) == 2
     assert "broken symbolic link" in errors["broken.png"] and "symbolic link loop" in errors["loop.png"]
     assert "2 of 4 images could not be read" in err and "named" not in err

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import select
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -54,6 +56,23 @@ EPILOG_EXPLAIN = """examples:
   imgcls explain runs/data photos/ --method blocks            # one map per block, shallow to deep
   imgcls explain runs/data photos/ --faithfulness             # deletion test: map order vs random order"""
 
+EPILOG_PREDICT = """examples:
+  imgcls predict runs/data photo.jpg                                       # a table on the terminal
+  imgcls predict runs/data photos/ --format csv --out predictions.csv           # rows written as they come
+  imgcls predict runs/data photos/ --format csv --out predictions.csv --resume  # after a kill: the rest
+  imgcls predict runs/data photos/ --format jsonl --shard 0/4 --out part0.jsonl # machine 1 of 4
+  cat part0.jsonl part1.jsonl part2.jsonl part3.jsonl > all.jsonl  # = one run's output (csv, table too)
+  jq -s add part*.json > all.json                                  # --format json: an array per shard
+
+Images are decoded and predicted a chunk at a time: memory stays bounded for any number of them. Under
+torchrun, --shard $RANK/$WORLD_SIZE gives each process its block of the inputs.
+
+exit status:
+  0  every image was predicted
+  1  some image could not be read: each gets a row with its error, a warning counts them, and the
+     others still get their rows (a script sees the failure without parsing the output)
+  2  the command line was wrong: a --shard outside 0 <= K < N, an --out FILE that exists without --resume"""
+
 EPILOG_SIMILAR = """examples:
   imgcls similar runs/data photo.jpg --k 5                    # nearest training images, JSON + PNG
   imgcls similar runs/data photos/ --data other_train_dir/"""
@@ -62,6 +81,20 @@ EPILOG_SIMILAR = """examples:
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line and a pointer to help, instead of a full usage dump
         raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+GLOBAL_FLAGS = (("--debug", "show tracebacks"), ("--quiet", "warnings and errors only"))
+
+
+class _CommandParser(_Parser):
+    """A sub-command's parser: the global flags also work after the command (`imgcls predict B x.png --quiet`).
+    SUPPRESS keeps a flag out of the namespace where it is not given here, so one given before the command stands."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        group = self.add_argument_group("global options")
+        for flag, help_text in GLOBAL_FLAGS:
+            group.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=help_text)
 
 
 def _train_parser(commands) -> None:
@@ -137,6 +170,13 @@ def _train_parser(commands) -> None:
     g.add_argument("--compile", action="store_true", help="torch.compile the model (pays on GPUs; slower on small CPUs)")
     g.add_argument("--no-progress", action="store_true", default=False, help="no progress bar (log lines only)")
     g.add_argument("--no-report", dest="report", action="store_false", help="skip report.html at the end")
+    g = p.add_argument_group("more than one process (see also: torchrun ... -m imgcls train)")
+    g.add_argument("--nproc", type=int, default=None, metavar="N",
+                   help="N processes on this machine, one per GPU (or sharing the CPU cores), through torchrun; "
+                        "--batch-size and --lr stay those of the whole batch")
+    g.add_argument("--max-restarts", type=int, default=0, metavar="K",
+                   help="with --nproc: after a failure, start the processes again up to K times, continuing from the "
+                        "last checkpoint (default 0)")
 
 
 def _serve_parser(commands) -> None:
@@ -230,7 +270,7 @@ TTA_HELP = ("test-time augmentation: flip averages with the mirrored image, flip
 def _add_commands(parser: argparse.ArgumentParser) -> None:
     from ..models.classifier import TTA_MODES
 
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_CommandParser)
     _train_parser(commands)
     p = commands.add_parser("evaluate", help="score a bundle on labelled images")
     p.add_argument("bundle", help="run folder or its model/ folder")
@@ -241,15 +281,25 @@ def _add_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--device", default="auto")
     p.add_argument("--tta", choices=TTA_MODES, help=TTA_HELP)
-    p = commands.add_parser("predict", help="predict classes of new images")
+    p = commands.add_parser("predict", help="predict classes of new images", epilog=EPILOG_PREDICT,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("bundle")
     p.add_argument("inputs", nargs="+", metavar="PATH", help="image files, folders or glob patterns")
     p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    p.add_argument("--format", choices=("table", "json", "jsonl", "csv"), default="table",
+                   help="jsonl: a JSON object per line; csv: a line per rank")
     p.add_argument("--unknown-below", type=float, metavar="P", help="answer 'unknown' when the top score is below P")
     p.add_argument("--device", default="auto")
     p.add_argument("--tta", choices=TTA_MODES, help=TTA_HELP)
     p.add_argument("--engine", choices=("torch", "onnx"), default="torch", help="onnx: run model.onnx (after imgcls export)")
+    g = p.add_argument_group("large folders")
+    g.add_argument("--out", type=Path, metavar="FILE",
+                   help="write the rows to FILE, a chunk at a time, and a summary to stdout; an existing FILE is "
+                        "never overwritten")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the --out FILE of an interrupted run: keep its rows, predict the others (csv, jsonl)")
+    g.add_argument("--shard", metavar="K/N", help="predict only block K (from 0) of N near-equal blocks of the inputs, "
+                                                   "in their order: shards 0/N ... N-1/N together are the whole output")
     p = commands.add_parser("calibrate-unknown", help="choose when predict answers 'unknown', from outlier images")
     p.add_argument("bundle")
     p.add_argument("--data", required=True, help="labelled in-distribution images (test, else validation, split)")
@@ -285,8 +335,8 @@ def _add_commands(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="imgcls", description="From a folder of labelled images to a trained, evaluated classifier.")
     parser.add_argument("--version", action="version", version=f"imgcls {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    parser.add_argument("--quiet", action="store_true", help="warnings and errors only")
+    for flag, help_text in GLOBAL_FLAGS:
+        parser.add_argument(flag, action="store_true", help=help_text)
     _add_commands(parser)
     return parser
 
@@ -299,21 +349,52 @@ def _default_run_dir(data: str) -> Path:
     return candidate
 
 
-def cmd_train(args) -> int:
-    from ..train.config import TrainConfig
-    from ..train.run import train
+def _launch_processes(args) -> int:
+    """--nproc N: this same command as N processes under torchrun, all writing one run folder,
+    which is therefore decided here (a restarted job finds its checkpoint there)."""
+    from .. import distributed
 
-    if args.resume:
-        result = train(args.data, args.resume, resume=True, progress=not args.no_progress)
-    else:
+    if distributed.from_environment().active:
+        raise UsageError("--nproc starts the processes itself; under torchrun leave it out")
+    argv = distributed.without_option(distributed.without_option(args.argv, "--nproc"), "--max-restarts")
+    run_dir = args.resume
+    if not args.resume:
         if args.data is None:
             raise UsageError("train needs a data folder: imgcls train DATA (or --resume RUN_DIR)")
         run_dir = args.out or _default_run_dir(args.data)
-        if (run_dir / "checkpoint.pt").exists():
-            raise UsageError(f"'{run_dir}' already holds a run; continue it with --resume {run_dir} or choose another --out")
+        _refuse_existing_run(run_dir)
+        argv = distributed.without_option(argv, "--out") + ["--out", str(run_dir)]
+    distributed.launch(args.nproc, args.max_restarts, argv, run_dir)
+    return ExitStatus.OK
+
+
+def _refuse_existing_run(run_dir: Path) -> None:
+    if (run_dir / "checkpoint.pt").exists():
+        raise UsageError(f"'{run_dir}' already holds a run; continue it with --resume {run_dir} or choose another --out")
+
+
+def cmd_train(args) -> int:
+    from .. import distributed
+    from ..runtime import resolve_device
+    from ..train.config import TrainConfig
+    from ..train.run import train
+
+    if args.nproc is not None:
+        return _launch_processes(args)
+    # Under torchrun every process runs this; they agree on one run folder, process 0's.
+    ranks, _ = distributed.join(resolve_device(getattr(args, "device", "auto")))
+    run_dir = args.resume or distributed.broadcast_object(args.out or (_default_run_dir(args.data) if args.data else None), ranks)
+    if args.resume or (distributed.restarted() and (run_dir / "checkpoint.pt").exists()):  # torchrun --max-restarts
+        result = train(args.data, run_dir, resume=True, progress=not args.no_progress)
+    else:
+        if args.data is None:
+            raise UsageError("train needs a data folder: imgcls train DATA (or --resume RUN_DIR)")
+        _refuse_existing_run(run_dir)
         given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
         config = TrainConfig.from_recipe(args.recipe, **given) if args.recipe else TrainConfig(**given)
         result = train(args.data, run_dir, config, progress=not args.no_progress)
+    if not ranks.is_main:  # process 0 tells
+        return ExitStatus.OK
     from . import render
 
     print(render.metrics_summary(result.metrics))
@@ -332,24 +413,61 @@ def cmd_evaluate(args) -> int:
     return ExitStatus.OK
 
 
+def _write_predictions(predictor, paths: list, writer, errors: dict, total: int, top_k: int,
+                       unknown_below: float | None) -> None:
+    """Predict `paths` a chunk at a time and write each chunk's rows as it comes, but those of images that
+    `errors` already holds (written before --resume); `errors` gains each new image's error (None when read).
+    The bar, on terminals only, counts `total` images, those done before included."""
+    from tqdm.auto import tqdm
+
+    written_before = set(errors)
+    with tqdm(total=total, initial=len(written_before), desc="predicting", unit="img", disable=None) as bar:
+        for results in predictor.predict_chunks(paths, top_k, unknown_below):
+            new = [r for r in results if r["path"] not in written_before]
+            writer.write(new)
+            errors.update((r["path"], r["error"]) for r in new)
+            bar.update(len(new))
+    writer.close()
+
+
 def cmd_predict(args) -> int:
     from ..data.folders import find_inputs
-    from ..predict.predictor import Predictor
+    from ..predict.batch import RESUMABLE_FORMATS, Shard, check_rows_file, finished_rows, open_rows, resume_from
+    from ..predict.predictor import UNKNOWN, Predictor
     from . import render
 
+    shard = Shard() if args.shard is None else Shard.parse(args.shard)
+    check_rows_file(args.out, args.format, args.resume)
     inputs = find_inputs(args.inputs)
     if not inputs:
         raise ImgclsError("no images found in the given paths")
     predictor = Predictor.load(args.bundle, args.device, args.engine, args.tta)
-    results = predictor.predict([i.path for i in inputs], args.top_k, args.unknown_below)
-    print(render.predictions(results, args.format))
-    failed = [i for i, r in zip(inputs, results) if r["error"]]
+    # from every input, not this shard's: the tables of all shards line up as one
+    widths = render.table_widths([i.path for i in inputs], [*predictor.classes, UNKNOWN])
+    block, head = shard.block(inputs, predictor.batch_size), shard.index == 0
+    errors, keep = finished_rows(args.out, args.format, render.CSV_COLUMNS, head) if args.resume else ({}, None)
+    start, before = resume_from([i.path for i in block], errors, args.out, predictor.batch_size), len(errors)
+    stream = open_rows(args.out, keep) if args.out else sys.stdout
+    try:
+        writer = render.PredictionWriter(stream, args.format, widths, head and not keep)  # a continued file has it
+        _write_predictions(predictor, [i.path for i in block[start:]], writer, errors, len(block), args.top_k,
+                           args.unknown_below)
+    except KeyboardInterrupt:
+        if args.out and args.format in RESUMABLE_FORMATS:
+            log.warning("the rows so far are in %s; the same command with --resume predicts the others", args.out)
+        raise
+    finally:
+        if args.out:
+            stream.close()
+    failed = [i for i in block if errors[str(i.path)]]
     named = sum(i.named for i in failed)
     if failed:
-        log.warning("%d of %d images could not be read%s", len(failed), len(results),
+        log.warning("%d of %d images could not be read%s", len(failed), len(block),
                     f" ({named} named on the command line)" if named else "")
-    # A file found in a folder may be skipped (its row says why); one the user named must be read.
-    return ExitStatus.ERROR if named or len(failed) == len(results) else ExitStatus.OK
+    if args.out:
+        print(f"wrote the predictions of {len(block)} images to {args.out} ({len(failed)} unreadable"
+              + (f"; {before} were there before --resume)" if args.resume else ")"))
+    return ExitStatus.ERROR if failed else ExitStatus.OK
 
 
 def cmd_export(args) -> int:
@@ -476,13 +594,51 @@ def cmd_report(args) -> int:
     return ExitStatus.OK
 
 
+class _LevelPrefix(logging.Formatter):
+    """'warning: ' and 'error: ' before those records, as git and compilers write them; progress lines stay bare."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = super().format(record)
+        if record.levelno >= logging.ERROR:
+            return f"error: {message}"
+        return f"warning: {message}" if record.levelno >= logging.WARNING else message
+
+
 def _setup_logging(quiet: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.setFormatter(_LevelPrefix("%(message)s"))
     logger = logging.getLogger("imgcls")
     logger.handlers[:] = [handler]
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
     logger.propagate = False
+
+
+def _error_prefix() -> str:
+    """'imgcls: error: ', naming the process in a job of several (torchrun), whose lines interleave."""
+    from ..distributed import from_environment
+
+    ranks = from_environment()
+    return f"imgcls: error: process {ranks.rank} of {ranks.world_size}: " if ranks.active else "imgcls: error: "
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (`imgcls models | head` once head has its lines),
+    rather than a BrokenPipeError of some other pipe, which is an error to report."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), or stdout is no file (captured)
+        return False
+
+
+def _end_quietly_on_a_closed_pipe() -> int:
+    """Stop writing, without the traceback Python would print when it flushes stdout at exit: the shell's
+    status for a process ended by SIGPIPE, and no message, as `cat` and `git log` do."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return int(ExitStatus.BROKEN_PIPE)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -490,24 +646,29 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
         args = parser.parse_args(argv)
+        args.argv = list(argv if argv is not None else sys.argv[1:])  # what --nproc starts again in each process
         _setup_logging(args.quiet)
         if args.command != "serve":  # a server's memory must go back after a burst (runtime.keep_freed_memory)
             from ..runtime import keep_freed_memory
 
             keep_freed_memory()
-        return int(globals()[f"cmd_{args.command.replace('-', '_')}"](args))
+        status = int(globals()[f"cmd_{args.command.replace('-', '_')}"](args))
+        sys.stdout.flush()  # within the try: a reader that went away is caught below, not at exit
+        return status
     except ImgclsError as err:
         if debug:
             raise
-        print(f"imgcls: error: {err}", file=sys.stderr)
+        print(f"{_error_prefix()}{err}", file=sys.stderr)
         return int(err.exit_status)
     except KeyboardInterrupt:
         print("imgcls: interrupted (a training run continues with: imgcls train --resume RUN_DIR)", file=sys.stderr)
         return int(ExitStatus.INTERRUPTED)
     except Exception as err:  # a bug, or an input we did not foresee: still one line
+        if isinstance(err, BrokenPipeError) and _stdout_reader_gone():
+            return _end_quietly_on_a_closed_pipe()
         if debug:
             raise
-        print(f"imgcls: error: {type(err).__name__}: {err} (run with --debug for the traceback)", file=sys.stderr)
+        print(f"{_error_prefix()}{type(err).__name__}: {err} (run with --debug for the traceback)", file=sys.stderr)
         return int(ExitStatus.ERROR)
 
 

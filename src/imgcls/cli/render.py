@@ -1,9 +1,14 @@
-"""Turning results into text for the terminal: tables, JSON, CSV. No logic beyond layout."""
+"""Turning results into text for the terminal and files: tables, JSON, JSON lines, CSV (rows as they come). No logic beyond layout."""
 from __future__ import annotations
 
 import csv
 import io
 import json
+import textwrap
+from typing import Iterable, TextIO
+
+CSV_COLUMNS = ["path", "labels", "rank", "label", "score", "error"]
+TABLE_COLUMNS = ["image", "prediction", "scores"]
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -12,23 +17,79 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
+def table_widths(paths: Iterable, labels: Iterable[str]) -> list[int]:
+    """Prediction table column widths, fixed before the first row from every input path and every label
+    (the classes and 'unknown'), so that rows printed as they come line up, and so do the shards of a folder.
+    A multi-label row naming several labels may run past its column."""
+    return [max(map(len, ["image", *map(str, paths)])), max(map(len, ["prediction", "-", *labels])), len("scores")]
+
+
+class PredictionWriter:
+    """Writes prediction rows to `stream` as they come, as a table, json, jsonl or csv, flushing after each
+    batch of rows. `head`: begin with the csv header or table header (False for every shard but the first,
+    and when continuing a file). Whatever the batches, the text equals that of all the rows written at once;
+    json writes a whole array (close() ends it), the other formats a line (csv: a line per rank) per row."""
+
+    def __init__(self, stream: TextIO, fmt: str, widths: list[int] | None = None, head: bool = True):
+        self.stream, self.fmt, self.widths, self.rows = stream, fmt, widths, 0
+        if fmt == "json":
+            self._write("[")
+        elif head and fmt == "csv":
+            self._write(_csv_lines([CSV_COLUMNS]))
+        elif head and fmt == "table":
+            self._write(self._table_line(TABLE_COLUMNS) + self._table_line(["-" * w for w in self.widths]))
+
+    def write(self, results: list[dict]) -> None:
+        if self.fmt == "json":  # json.dumps(all results, indent=2), an element at a time
+            text = "".join(("," if self.rows or i else "") + "\n"
+                           + textwrap.indent(json.dumps(r, indent=2, ensure_ascii=False), "  ") for i, r in enumerate(results))
+        elif self.fmt == "jsonl":
+            text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results)
+        elif self.fmt == "csv":
+            text = _csv_lines(row for r in results for row in _csv_rows(r))
+        else:
+            text = "".join(self._table_line(_table_row(r)) for r in results)
+        self.rows += len(results)
+        self._write(text)
+
+    def close(self) -> None:
+        if self.fmt == "json":
+            self._write("\n]\n" if self.rows else "]\n")
+
+    def _table_line(self, cells: list[str]) -> str:
+        return "  ".join(str(c).ljust(w) for c, w in zip(cells, self.widths)).rstrip() + "\n"
+
+    def _write(self, text: str) -> None:
+        self.stream.write(text)
+        self.stream.flush()
+
+
+def _csv_lines(rows) -> str:
+    out = io.StringIO()
+    csv.writer(out).writerows(rows)  # lines end in \r\n, as RFC 4180 has them
+    return out.getvalue()
+
+
+def _csv_rows(result: dict) -> list[list]:
+    shown = result["predictions"] or [{"label": "", "score": ""}]
+    return [[result["path"], ";".join(result["labels"]), rank if result["predictions"] else "", p["label"], p["score"],
+             result["error"] or ""] for rank, p in enumerate(shown, 1)]
+
+
+def _table_row(result: dict) -> list[str]:
+    shown = ("error: " + result["error"] if result["error"]
+             else "  ".join(f"{p['label']} {100 * p['score']:.1f}%" for p in result["predictions"]))
+    return [result["path"] or "<image>", ", ".join(result["labels"]) or "-", shown]
+
+
 def predictions(results: list[dict], fmt: str) -> str:
-    if fmt == "json":
-        return json.dumps(results, indent=2, ensure_ascii=False)
-    if fmt == "csv":
-        out = io.StringIO()
-        writer = csv.writer(out)
-        writer.writerow(["path", "labels", "rank", "label", "score", "error"])
-        for r in results:
-            rows = r["predictions"] or [{"label": "", "score": ""}]
-            for rank, p in enumerate(rows, 1):
-                writer.writerow([r["path"], ";".join(r["labels"]), rank if r["predictions"] else "", p["label"], p["score"], r["error"] or ""])
-        return out.getvalue().rstrip("\n")
-    rows = []
-    for r in results:
-        shown = "error: " + r["error"] if r["error"] else "  ".join(f"{p['label']} {100 * p['score']:.1f}%" for p in r["predictions"])
-        rows.append([r["path"] or "<image>", ", ".join(r["labels"]) or "-", shown])
-    return _table(rows, ["image", "prediction", "scores"])
+    """All the rows at once (the table sized to them), without the final newline."""
+    out = io.StringIO()
+    widths = [max(len(str(c)) for c in column) for column in zip(TABLE_COLUMNS, *map(_table_row, results))]
+    writer = PredictionWriter(out, fmt, widths)
+    writer.write(results)
+    writer.close()
+    return out.getvalue().rstrip("\n")
 
 
 def metrics_summary(metrics: dict) -> str:

@@ -68,7 +68,7 @@ class DecodedSplit:
 
 
 def _decode_split(samples: list[Sample], size: int, num_classes: int, workers: int | None, desc: str,
-                  ranks: Ranks) -> DecodedSplit:
+                  ranks: Ranks = Ranks()) -> DecodedSplit:
     from tqdm.auto import tqdm
 
     with local_main_first(ranks), tqdm(total=len(samples), desc=f"decoding {desc}", unit="img", leave=False,
