@@ -6,6 +6,7 @@ import asyncio
 import base64
 import io
 import json
+import re
 import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -268,8 +269,27 @@ def test_the_page_loads_nothing_from_the_internet(client):
     assert "http://" not in html and "https://" not in html
 
 
+def test_the_page_links_to_the_api_docs_and_json_endpoints_that_answer(client):
+    links = re.findall(r'<a href="([^"]+)">', client.get("/").text)
+    assert links == ["docs", "model", "health", "openapi.json"]
+    assert all(client.get(f"/{link}").status_code == 200 for link in links)
+
+
+def test_docs_describe_every_endpoint_without_fetching_anything(client):
+    response = client.get("/docs")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
+    assert response.headers["content-security-policy"] == "default-src 'none'; style-src 'unsafe-inline'"
+    html = response.text
+    assert "<script" not in html and "<link" not in html and "src=" not in html and "cdn" not in html
+    for method, path in (("GET", "/health"), ("GET", "/model"), ("POST", "/predict"), ("POST", "/explain"),
+                         ("POST", "/similar")):
+        assert f'<span class="method">{method}</span>{path}</h2>' in html
+    assert "curl -F files=@photo.jpg http://testserver/predict" in html and "curl -F file=@photo.jpg" in html
+    assert "<code>top_k</code></td><td>integer, 1-1000, default 5</td>" in html
+    assert client.get("/redoc").status_code == 404  # FastAPI's, which loads ReDoc from a CDN
+
+
 def test_openapi_docs_list_every_endpoint(client):
-    assert client.get("/docs").status_code == 200
     spec = client.get("/openapi.json").json()
     assert {"/health", "/model", "/predict", "/explain", "/similar"} <= set(spec["paths"])
     body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]

@@ -8,6 +8,7 @@ import shutil
 import socket
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -22,30 +23,53 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no system Chromi
 expect = pytest.importorskip("playwright.sync_api").expect
 
 
-@pytest.fixture(scope="module")
-def server(trained_run, tmp_path_factory):
-    """The app under uvicorn on 127.0.0.1 at a port the OS picked, stopped after the module."""
+@contextmanager
+def running(app):
+    """`app` under uvicorn on 127.0.0.1 at a port the OS picked; yields its URL."""
     import uvicorn
 
-    from imgcls.serve.app import create_app
-
-    run = tmp_path_factory.mktemp("served")  # the server keeps its look-alike index beside the bundle
-    shutil.copytree(trained_run.bundle_dir, run / "model")
-    shutil.copy(trained_run.run_dir / "data.json", run / "data.json")
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))  # bound here and handed over: no race for a 'free' port
-    config = uvicorn.Config(create_app(run, device="cpu"), log_level="warning")
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
     while not server.started and thread.is_alive() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert server.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server.should_exit = True
-    thread.join(timeout=10)
-    sock.close()
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def served_run(trained_run, tmp_path_factory):
+    run = tmp_path_factory.mktemp("served")  # the server keeps its look-alike index beside the bundle
+    shutil.copytree(trained_run.bundle_dir, run / "model")
+    shutil.copy(trained_run.run_dir / "data.json", run / "data.json")
+    return run
+
+
+@pytest.fixture(scope="module")
+def server(served_run):
+    """The app under uvicorn, stopped after the module."""
+    from imgcls.serve.app import create_app
+
+    with running(create_app(served_run, device="cpu")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def strict_server(served_run):
+    """A server with small limits: 50 kB per request, 1 Mpx per image."""
+    from imgcls.serve.app import create_app
+    from imgcls.serve.config import ServeConfig
+
+    with running(create_app(served_run, ServeConfig(max_upload_mb=0.05, max_megapixels=1), device="cpu")) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -129,3 +153,60 @@ def test_a_file_that_is_not_an_image_shows_the_servers_message(browser, server):
     page.set_input_files("#file-input", {"name": "notes.png", "mimeType": "image/png", "buffer": b"just text"})
     page.wait_for_selector("#error:not([hidden])")
     assert "not an image" in page.text_content("#error") and page.is_hidden("#results")
+
+
+def test_before_any_upload_the_page_shows_the_classes_and_links_to_the_api(browser, server, trained_run):
+    from imgcls.models.bundle import read_bundle_config
+
+    classes = read_bundle_config(trained_run.bundle_dir).classes
+    page = open_page(browser, server)
+    requests = []
+    page.on("request", lambda request: requests.append(request.url))
+    expect(page.locator("#classes li")).to_have_text(classes)
+    assert page.is_visible("#classes") and page.is_hidden("#results")
+    expect(page.locator("#limits")).to_contain_text("40 megapixels; up to 16 MB and 16 files per request")
+    links = {page.locator("#api-links a").nth(i).text_content(): page.locator("#api-links a").nth(i).get_attribute("href")
+             for i in range(page.locator("#api-links a").count())}
+    assert set(links) == {"API docs", "/model", "/health", "/openapi.json"}
+    for name, href in links.items():
+        assert page.request.get(f"{server}/{href}").ok, name
+    page.click("text=API docs")
+    expect(page.locator("h2", has_text="/predict")).to_be_visible()
+    assert page.url == f"{server}/docs" and "curl -F files=@photo.jpg" in page.text_content("body")
+    assert all(url.startswith(server) for url in requests)  # the docs fetch nothing from a CDN
+
+
+@pytest.mark.parametrize("name, mime, data, message", [
+    ("notes.txt", "text/plain", b"shopping list", "'notes.txt' was sent as text/plain, not an image"),
+    ("notes.png", "image/png", b"just text", "not an image"),
+])
+def test_a_file_that_is_not_an_image_shows_the_servers_message(browser, server, name, mime, data, message):
+    page = open_page(browser, server)
+    page.set_input_files("#file-input", {"name": name, "mimeType": mime, "buffer": data})
+    page.wait_for_selector("#error:not([hidden])")
+    assert message in page.text_content("#error") and page.is_hidden("#results")
+
+
+def _png(image) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_an_image_over_the_servers_limits_shows_its_message_not_a_generic_failure(browser, strict_server, three):
+    import numpy as np
+    from PIL import Image
+
+    noise = _png(Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 200, 3), np.uint8)))  # ~120 kB
+    wide = _png(Image.new("L", (2000, 1000), 255))  # 2 Mpx in a few kB
+    page = open_page(browser, strict_server)
+    for name, data, message in (("noise.png", noise, "over the 0.05 MB limit; send a smaller image"),
+                                ("wide.png", wide, "is 2000x1000 = 2.0 Mpx, over the 1 Mpx limit")):
+        page.set_input_files("#file-input", {"name": name, "mimeType": "image/png", "buffer": data})
+        expect(page.locator("#error")).to_contain_text(message)
+        assert page.is_hidden("#results")
+    page.set_input_files("#file-input", str(three))  # the page recovers: a good image is answered
+    wait_for_answer(page)
+    assert page.is_hidden("#error")

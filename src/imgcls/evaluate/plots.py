@@ -33,6 +33,8 @@ MATRIX_INCHES_PER_CLASS = 0.3
 MATRIX_MIN_INCHES, MATRIX_MAX_INCHES = 5.0, 32.0  # 32 in at 120 dpi is ~3800 px, still opens anywhere
 LEGEND_ROWS_PER_COLUMN = 30
 LEARNING_CURVE_PANELS = (("loss", "Loss"), ("accuracy", "Accuracy"))
+MIN_BIN_IMAGES = 5  # reliability bins with fewer images are shown pale: one image moves their accuracy by >= 20 points
+SPARSE_FILL, SPARSE_EDGE = "#e6e8ec", "#9aa1ad"  # pale grey: visibly there, visibly not a measurement
 
 
 def _save_figure(fig: Figure, path) -> Path:
@@ -174,25 +176,42 @@ def plot_pr_curves(y_true: np.ndarray, probs: np.ndarray, classes: list[str], pa
     return _save_figure(fig, path)
 
 
-def plot_reliability(bins: dict, path) -> Path:
-    """Reliability diagram (accuracy against confidence per bin) over a histogram of bin counts."""
+def reliability_figure(bins: dict, min_count: int = MIN_BIN_IMAGES) -> Figure:
+    """Reliability diagram (accuracy against confidence per bin) over a histogram of bin counts.
+
+    Bins holding fewer than `min_count` images are drawn pale and without their gap: an accuracy
+    over 1-4 images swings by 25-100 points and would read as miscalibration. The legend says how
+    many bins and images that is; ECE in the title still counts every image."""
     edges = np.asarray(bins["bin_edges"], dtype=np.float64)
     widths = np.diff(edges)
-    filled = [i for i, n in enumerate(bins["count"]) if n]
+    counts = bins["count"]
+    shown = [i for i, n in enumerate(counts) if n >= min_count]
+    sparse = [i for i, n in enumerate(counts) if 0 < n < min_count]
     fig = Figure(figsize=(6, 7))
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": (3, 1)})
     top.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
-    top.bar(edges[filled], [bins["accuracy"][i] for i in filled], width=widths[filled], align="edge",
+    top.bar(edges[shown], [bins["accuracy"][i] for i in shown], width=widths[shown], align="edge",
             edgecolor="black", color="tab:blue", label="accuracy")
-    top.bar(edges[filled], [bins["confidence"][i] - bins["accuracy"][i] for i in filled], width=widths[filled],
-            bottom=[bins["accuracy"][i] for i in filled], align="edge", fill=False, hatch="//",
+    top.bar(edges[shown], [bins["confidence"][i] - bins["accuracy"][i] for i in shown], width=widths[shown],
+            bottom=[bins["accuracy"][i] for i in shown], align="edge", fill=False, hatch="//",
             edgecolor="tab:red", label="gap to confidence")
+    if sparse:
+        top.bar(edges[sparse], [bins["accuracy"][i] for i in sparse], width=widths[sparse], align="edge",
+                edgecolor=SPARSE_EDGE, color=SPARSE_FILL,
+                label=f"under {min_count} images, too few to judge "
+                      f"({len(sparse)} bin{'s' * (len(sparse) > 1)}, {sum(counts[i] for i in sparse)} images)")
     top.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1),
             title=f"Reliability (ECE {expected_calibration_error(bins):.3f})")
-    top.legend(loc="upper left")
-    bottom.bar(edges[:-1], bins["count"], width=widths, align="edge", edgecolor="black", color="lightgrey")
+    top.legend(loc="upper left", fontsize=9)
+    bottom.bar(edges[:-1], counts, width=widths, align="edge", edgecolor="black",
+               color=[SPARSE_FILL if n < min_count else "tab:blue" for n in counts])
     bottom.set(xlabel="confidence (top-1 probability)", ylabel="images")
-    return _save_figure(fig, path)
+    return fig
+
+
+def plot_reliability(bins: dict, path, min_count: int = MIN_BIN_IMAGES) -> Path:
+    """The reliability diagram of `reliability_figure` as a PNG."""
+    return _save_figure(reliability_figure(bins, min_count), path)
 
 
 def write_confusion_csv(confusion, classes: list[str], path) -> Path:

@@ -1,13 +1,14 @@
 """`imgcls report RUN_DIR`: one self-contained report.html of a training run, to read or send.
 
-Sections (their HTML ids): the dataset audit (`audit`), learning curves (`curves`), confusion
+Sections (their HTML ids): a summary of the run (`summary`: task, headline metrics, data, model,
+training time and settings), the dataset audit (`audit`), learning curves (`curves`), confusion
 matrix (`confusion`), classification report (`report`), most-confused class pairs
 (`confused-pairs`), the worst mistakes with their Grad-CAM (`mistakes`), suspect labels
 (`suspect-labels`), calibration (`calibration`) and a sample of correct predictions (`correct`).
 
-Everything comes from what training wrote (evaluation/metrics.json, predictions.csv and plots,
-data.json), plus an audit of the data folder and Grad-CAM maps from the bundle. The page has
-no script and fetches nothing: images are embedded as data: URIs.
+Everything comes from what training wrote (model/config.json, evaluation/metrics.json,
+predictions.csv and plots, data.json, history.csv), plus an audit of the data folder and Grad-CAM
+maps from the bundle. The page has no script and fetches nothing: images are embedded as data: URIs.
 """
 from __future__ import annotations
 
@@ -18,7 +19,10 @@ import random
 from pathlib import Path
 
 from ..errors import ImgclsError
+from ..evaluate.plots import MIN_BIN_IMAGES
 from ..fileio import atomic_write_bytes
+from ..models.bundle import CONFIG_FILE, find_bundle
+from ..train.callbacks import HISTORY_FILE
 from . import report_html as H
 
 log = logging.getLogger(__name__)
@@ -29,13 +33,17 @@ CORRECT_SHOWN = 8
 SUSPECTS_SHOWN = 6  # the likeliest wrong labels; the audit's review page has the rest
 SAMPLE_SEED = 0  # the same run always shows the same correct examples
 LISTED_FILES = 20  # corrupt files and duplicate groups listed by name; the rest are counted
+LISTED_CLASSES = 20  # class names in the summary; past this a count says the rest
+# The settings the summary shows first, when the bundle stores them; the rest are one click away.
+MAIN_SETTINGS = ("model", "mode", "pretrained", "epochs", "batch_size", "lr", "optimizer", "schedule", "weight_decay",
+                 "augment", "label_smoothing", "early_stopping", "time_budget_s", "tta", "seed", "val_split", "precision")
 
 
 def _read_json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
-def _read_predictions(path: Path) -> list[dict]:
+def _read_csv(path: Path) -> list[dict]:
     if not path.is_file():
         return []
     with open(path, newline="", encoding="utf-8") as handle:
@@ -44,6 +52,76 @@ def _read_predictions(path: Path) -> list[dict]:
 
 def _png(path: Path, caption: str) -> str:
     return H.figure(path.read_bytes(), caption) if path.is_file() else H.note(f"{path.name} was not written for this run.")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, seconds = divmod(round(seconds), 60)
+    return f"{minutes} min {seconds:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def _headline_metrics(metrics: dict) -> list[tuple[str, str]]:
+    if metrics.get("task") == "multi-label":
+        return [("mAP", f"{metrics['mAP']:.3f}" if metrics.get("mAP") is not None else "n/a"),
+                ("exact-match accuracy", f"{metrics['accuracy']:.3f}"), ("micro-F1", f"{metrics['micro_f1']:.3f}")]
+    return ([("accuracy", f"{metrics['accuracy']:.3f}")]
+            + [(f"top-{k} accuracy", f"{v:.3f}") for k, v in metrics.get("top_k_accuracy", {}).items()])
+
+
+def _data_facts(data: dict, multi_label: bool) -> list[tuple[str, str]]:
+    classes, counts = data.get("classes") or [], data.get("counts") or {}
+    names = ", ".join(classes[:LISTED_CLASSES]) + (f" and {len(classes) - LISTED_CLASSES} more"
+                                                   if len(classes) > LISTED_CLASSES else "")
+    unit = "labels (an image counts once per label)" if multi_label else "images"
+    split_sizes = ", ".join(f"{split} {sum(per_class.values())}" for split, per_class in counts.items())
+    return [("data folder", data.get("data_dir") or "not recorded"),
+            ("classes", f"{len(classes)}: {names}" if classes else "not recorded"),
+            (unit, split_sizes or "not recorded")]
+
+
+def _model_facts(bundle: dict) -> list[tuple[str, str]]:
+    weights = bundle.get("weights_source", "none")
+    return [("model", f"{bundle.get('architecture', '?')} at {bundle.get('img_size', '?')} px"),
+            ("training mode", bundle.get("training_mode", "not recorded")),
+            ("starting weights", "none (random initialisation)" if weights == "none" else weights)]
+
+
+def _training_time(bundle: dict, history: list[dict]) -> str:
+    """The wall time the bundle stores; else the sum of history.csv's epoch times, said to be that."""
+    epochs = f"{len(history)} epoch{'s' * (len(history) != 1)}" if history else "epochs not recorded"
+    if isinstance(bundle.get("wall_time_s"), (int, float)):
+        return f"{_duration(bundle['wall_time_s'])} from start to saved model, {epochs}"
+    seconds = [float(row["seconds"]) for row in history if row.get("seconds")]
+    if not seconds:
+        return f"not recorded, {epochs}"
+    return (f"{_duration(sum(seconds))} in {epochs} (the sum of the epoch times in {HISTORY_FILE}; "
+            "decoding, evaluation and saving come on top)")
+
+
+def _settings(bundle: dict, data: dict) -> str:
+    settings = bundle.get("settings")
+    if not isinstance(settings, dict) or not settings:  # bundles saved before imgcls stored them
+        known = [f"{key} {data[key]}" for key in ("seed", "val_split", "test_split") if data.get(key) is not None]
+        return H.note(f"The bundle does not store the settings it was trained with ('settings' in {CONFIG_FILE}); "
+                      f"data.json records {', '.join(known) or 'none of them'}.")
+    main = [key for key in MAIN_SETTINGS if key in settings]
+    rest = sorted(settings.keys() - set(main))
+
+    def pairs(keys: list[str]) -> list[tuple[str, str]]:  # values as config.json spells them: null, true, 0.002
+        return [(key, value if isinstance(value := settings[key], str) else json.dumps(value)) for key in keys]
+
+    return (H.facts(pairs(main), "settings")
+            + (H.details(f"the other {len(rest)} settings", H.facts(pairs(rest), "settings")) if rest else ""))
+
+
+def _summary_section(bundle: dict, metrics: dict, data: dict, history: list[dict]) -> str:
+    """What a reader asks first: which task, how good, on what data, which model, how long, how set up."""
+    multi = metrics.get("task") == "multi-label"
+    task = ("multi-label: any number of classes per image" if multi else "single-label: one class per image")
+    facts = ([("task", task), ("evaluated on", f"{metrics['n_images']} validation images")]
+             + _data_facts(data, multi) + _model_facts(bundle) + [("training time", _training_time(bundle, history))])
+    return H.headline(_headline_metrics(metrics)) + H.facts(facts) + _settings(bundle, data)
 
 
 def _audit_section(summary: dict) -> str:
@@ -69,13 +147,9 @@ def _audit_section(summary: dict) -> str:
 
 
 def _report_section(metrics: dict) -> str:
-    if metrics.get("task") == "multi-label":
-        pairs = [("mAP", f"{metrics['mAP']:.3f}" if metrics.get("mAP") is not None else "n/a"),
-                 ("exact-match accuracy", f"{metrics['accuracy']:.3f}"), ("micro-F1", f"{metrics['micro_f1']:.3f}")]
-    else:
-        pairs = [("accuracy", f"{metrics['accuracy']:.3f}"), ("macro-F1", f"{metrics['macro_avg']['f1']:.3f}"),
-                 ("log loss", f"{metrics['log_loss']:.3f}")]
-        pairs += [(f"top-{k}", f"{v:.3f}") for k, v in metrics.get("top_k_accuracy", {}).items()]
+    pairs = _headline_metrics(metrics)
+    if metrics.get("task") != "multi-label":
+        pairs[1:1] = [("macro-F1", f"{metrics['macro_avg']['f1']:.3f}"), ("log loss", f"{metrics['log_loss']:.3f}")]
     return H.headline(pairs) + H.note(f"{metrics['n_images']} validation images.") + H.preformatted(metrics["classification_report"])
 
 
@@ -106,11 +180,25 @@ def _gallery(predictor, rows: list[dict], empty: str) -> str:
     by_path = {}
     for item in explanations:  # multi-label: the first explanation is the top class
         by_path.setdefault(item.path, item)
-    figures = [H.figure(to_png(by_path[row["path"]].panel),
-                        f"{Path(row['path']).name}: true {row['true']}, predicted {row['predicted']} "
-                        f"({float(row['score']):.1%}); true class scored {float(row['true_score']):.1%}")
-               for row in rows]
-    return H.gallery(figures)
+    tiles = [H.tile(to_png(by_path[row["path"]].panel), Path(row["path"]).name,
+                    f"true {row['true']}, predicted {row['predicted']} ({float(row['score']):.1%})",
+                    f"true class scored {float(row['true_score']):.1%}")
+             for row in rows]
+    return H.gallery(tiles)
+
+
+def _mistakes_section(predictor, predictions: list[dict], multi_label: bool) -> str:
+    """The wrongly predicted validation images whose true class scored lowest; never a correct one."""
+    wrong = sorted((row for row in predictions if not _is_correct(row)), key=lambda row: float(row["true_score"]))
+    if not wrong:
+        return H.note(f"No mistakes: the predicted class of every one of the {len(predictions)} validation images "
+                      + ("is among its labels." if multi_label else "is its true class."))
+    shown = wrong[:MISTAKES_SHOWN]
+    which = f"all {len(wrong)}" if len(wrong) == len(shown) else f"the {len(shown)} worst of {len(wrong)}"
+    wrong_means = "whose top class is none of their labels" if multi_label else "predicted wrongly"
+    return (H.note(f"The validation images {wrong_means} ({which}), lowest score of the true class first, "
+                   "with Grad-CAM of the predicted class.")
+            + _gallery(predictor, shown, "No validation image files are available to show."))
 
 
 def _suspect_labels_section(predictor, predictions: list[dict], multi_label: bool, data_dir) -> str:
@@ -141,7 +229,9 @@ def _calibration_section(metrics: dict, evaluation: Path) -> str:
     numbers = [("expected calibration error (15 bins)", f"{metrics['ece']:.3f}")]
     if "ece_before_calibration" in metrics:  # runs whose scores are temperature-scaled
         numbers.append((f"before temperature scaling (T = {metrics['temperature']:.3g})", f"{metrics['ece_before_calibration']:.3f}"))
-    return H.headline(numbers) + _png(evaluation / "reliability.png", "reliability diagram: accuracy against confidence")
+    return (H.headline(numbers) + _png(evaluation / "reliability.png", "reliability diagram: accuracy against confidence")
+            + H.note(f"Bins of fewer than {MIN_BIN_IMAGES} images are drawn pale: their accuracy is too uncertain to "
+                     "read as miscalibration."))
 
 
 def build_report(run_dir: str | Path, device: str = "cpu") -> str:
@@ -155,21 +245,20 @@ def build_report(run_dir: str | Path, device: str = "cpu") -> str:
         raise ImgclsError(f"'{run_dir}' has no evaluation/metrics.json; is it a finished `imgcls train` run?")
     summary = _read_json(run_dir / "data.json")
     predictor = Predictor.load(run_dir, device=device)
-    predictions = _read_predictions(evaluation / "predictions.csv")
-    worst = sorted(predictions, key=lambda row: float(row["true_score"]))[:MISTAKES_SHOWN]
+    predictions = _read_csv(evaluation / "predictions.csv")
     correct = [row for row in predictions if _is_correct(row)]
     sample = random.Random(SAMPLE_SEED).sample(correct, min(CORRECT_SHOWN, len(correct)))
     multi = metrics.get("task") == "multi-label"
     sections = [
+        ("summary", "Summary", _summary_section(_read_json(find_bundle(run_dir) / CONFIG_FILE), metrics, summary,
+                                                _read_csv(run_dir / HISTORY_FILE))),
         ("audit", "Dataset audit", _audit_section(summary)),
         ("curves", "Learning curves", _png(evaluation / "learning_curves.png", "loss and accuracy per epoch")),
         ("confusion", "Precision-recall curves" if multi else "Confusion matrix",
          _png(evaluation / ("pr_curves.png" if multi else "confusion_matrix.png"), "on the validation images")),
         ("report", "Classification report", _report_section(metrics)),
         ("confused-pairs", "Most confused class pairs", _confused_section(metrics)),
-        ("mistakes", "Worst mistakes (top losses)", H.note("The validation images whose true class got the lowest "
-                                                           "score, with Grad-CAM of the predicted class.")
-         + _gallery(predictor, worst, "No validation image files are available to show.")),
+        ("mistakes", "Worst mistakes (top losses)", _mistakes_section(predictor, predictions, multi)),
         ("suspect-labels", "Suspect labels", _suspect_labels_section(predictor, predictions, multi,
                                                                     summary.get("data_dir"))),
         ("calibration", "Calibration", _calibration_section(metrics, evaluation)),

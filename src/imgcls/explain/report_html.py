@@ -20,8 +20,16 @@ th, td { border-bottom: 1px solid #e5e8ee; padding: .25rem .7rem; text-align: ri
 th:first-child, td:first-child { text-align: left; }
 pre { background: #f3f4f7; padding: .8rem; overflow-x: auto; font-size: 13px; }
 img { max-width: 100%; height: auto; }
-.gallery { display: grid; grid-template-columns: repeat(auto-fill, minmax(260px, 1fr)); gap: 1rem; }
-figure { margin: 0; } figcaption { font-size: 13px; color: #4a5263; }
+/* Panels keep their own size (captions drawn into them stay legible), shrinking only on narrow screens. */
+.gallery { display: grid; grid-template-columns: repeat(auto-fill, minmax(min(100%, 400px), 1fr)); gap: 1.2rem; }
+figure { margin: 0; min-width: 0; } figcaption { font-size: 14px; color: #2b3240; overflow-wrap: anywhere; }
+.tile figcaption span { display: block; }
+.tile .file { font: 600 14px/1.4 ui-monospace, "SFMono-Regular", Menlo, Consolas, monospace;
+              white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
+dl.facts { display: grid; grid-template-columns: max-content 1fr; gap: .2rem 1.2rem; margin: .6rem 0; }
+dl.facts dt { color: #4a5263; } dl.facts dd { margin: 0; overflow-wrap: anywhere; }
+dl.settings { grid-template-columns: repeat(auto-fill, minmax(8rem, max-content) minmax(8rem, 14rem)); font-size: 14px; }
+details summary { cursor: pointer; color: #2456c7; }
 .note { color: #6b7385; font-style: italic; }
 .warn { color: #a4440b; }
 .metric { display: inline-block; margin: 0 2.2rem .3rem 0; } .metric b { font-size: 1.3rem; margin-right: .35rem; }
@@ -34,6 +42,13 @@ def image(png: bytes, alt: str) -> str:
 
 def figure(png: bytes, caption: str) -> str:
     return f"<figure>{image(png, caption)}<figcaption>{escape(caption)}</figcaption></figure>"
+
+
+def tile(png: bytes, name: str, *lines: str) -> str:
+    """An image captioned with a file name (one line, shortened with an ellipsis, whole on hover) and `lines`."""
+    text = "".join(f"<span>{escape(line)}</span>" for line in lines)
+    return (f'<figure class="tile">{image(png, f"{name}: " + ", ".join(lines))}<figcaption>'
+            f'<span class="file" title="{escape(name)}">{escape(name)}</span>{text}</figcaption></figure>')
 
 
 def gallery(figures: list[str]) -> str:
@@ -57,6 +72,17 @@ def items(texts: list[str], css_class: str = "") -> str:
 
 def headline(pairs: list[tuple[str, str]]) -> str:
     return "<p>" + "".join(f'<span class="metric"><b>{escape(value)}</b>{escape(name)}</span>' for name, value in pairs) + "</p>"
+
+
+def facts(pairs: list[tuple[str, str]], css_class: str = "") -> str:
+    """Name-value pairs; css_class 'settings' lays many short ones out in columns."""
+    entries = "".join(f"<dt>{escape(name)}</dt><dd>{escape(value)}</dd>" for name, value in pairs)
+    return f'<dl class="{f"facts {css_class}".strip()}">{entries}</dl>'
+
+
+def details(summary: str, html: str) -> str:
+    """Folded content that opens on a click, without script."""
+    return f"<details><summary>{escape(summary)}</summary>{html}</details>"
 
 
 def preformatted(text: str) -> str:

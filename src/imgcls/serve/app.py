@@ -1,6 +1,8 @@
-"""The web app of one bundle: a JSON API, its OpenAPI docs at /docs, and a page at / that needs no internet.
+"""The web app of one bundle: a JSON API, its docs at /docs, and a page at / that needs no internet.
 
-    GET  /          the page: drop, pick or paste an image; bars, Grad-CAM overlay, look-alikes
+    GET  /          the page: the model's classes and links to the API; drop, pick or paste an image;
+                    bars, Grad-CAM overlay, look-alikes
+    GET  /docs      the API reference, built from /openapi.json, with nothing fetched from a CDN (serve.docs)
     GET  /health    liveness
     GET  /model     classes, input size, task, validation metrics, limits
     POST /predict   one or many images (multipart) -> top-k scores per image, multi-label and 'unknown' aware
@@ -36,6 +38,7 @@ from ..explain.maps import Explanation, to_png
 from ..explain.overlay import overlay
 from .batching import Backend
 from .config import ServeConfig
+from .docs import DOCS_POLICY, docs_html
 from .service import SERVED_METHODS, ModelService, TooManyPixels, load_models
 from .uploads import read_uploads, upload_schema
 
@@ -64,9 +67,11 @@ def create_app(bundle: str | Path, config: ServeConfig | None = None, device: st
             app.state.service = service
             yield
 
+    # FastAPI's /docs and /redoc fetch Swagger UI and ReDoc from a CDN: blank offline, so ours replaces them.
     app = FastAPI(title=f"imgcls: {predictor.config.architecture}", version=__version__, lifespan=lifespan,
-                  description=f"Classifies images into {len(predictor.classes)} classes. The page is at /.")
+                  description=f"Classifies images into {len(predictor.classes)} classes.", docs_url=None, redoc_url=None)
     app.add_api_route("/", page, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/docs", docs, methods=["GET"], include_in_schema=False)
     app.add_api_route("/health", health, methods=["GET"])
     app.add_api_route("/model", model, methods=["GET"])
     app.add_api_route("/predict", predict, methods=["POST"], openapi_extra=upload_schema(many=True))
@@ -91,6 +96,11 @@ async def page() -> HTMLResponse:
 @lru_cache(maxsize=1)
 def _page_html() -> str:
     return resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")
+
+
+async def docs(request: Request) -> HTMLResponse:
+    return HTMLResponse(docs_html(request.app.openapi(), str(request.base_url)),
+                        headers={"Content-Security-Policy": DOCS_POLICY})
 
 
 async def health() -> dict:
