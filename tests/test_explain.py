@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -263,3 +264,20 @@ def test_cli_layers_lists_names_shapes_and_the_default(capsys, vit_run):
     rows = {line.split()[0]: line for line in out.splitlines()[1:]}
     assert code == 0 and "default" in rows["blocks.5.norm1"] and "17x64" in rows["blocks.5.norm1"]
     assert "no gradient" in rows["norm"] and "block" in rows["blocks.0"]
+
+
+def test_cli_explain_writes_under_the_run_folder_and_never_over_earlier_maps(capsys, cnn_run, squares, tmp_path):
+    run, image = shutil.copytree(cnn_run, tmp_path / "run"), _squares(squares)[0]
+    code, out, _ = run_cli(capsys, "explain", run, image)
+    first = run / "explanations" / f"{image.stem}_gradcam.png"
+    assert code == 0 and str(first) in out and (run / "explanations" / f"{image.stem}_gradcam.npy").is_file()
+    before = first.read_bytes()
+
+    code, out, err = run_cli(capsys, "explain", run / "model", image, "--method", "saliency")  # the model/ folder too
+    assert code == 0 and str(run / "explanations-2" / f"{image.stem}_saliency.png") in out
+    assert f"{run / 'explanations'} holds earlier results, kept; writing to {run / 'explanations-2'}" in err
+    assert first.read_bytes() == before and sorted(p.name for p in (run / "explanations").iterdir()) == [
+        f"{image.stem}_gradcam.npy", first.name]
+
+    code, out, _ = run_cli(capsys, "explain", run, image, "--out", run / "explanations")  # an explicit --out as well
+    assert code == 0 and str(run / "explanations-3" / first.name) in out

@@ -314,3 +314,22 @@ def test_classifier_keeps_its_normalisation_with_its_weights():
 
     assert torch.equal(state["mean"].flatten(), torch.tensor([0.5, 0.4, 0.3]))
     assert torch.equal(state["std"].flatten(), torch.tensor([0.2, 0.25, 0.3]))
+
+
+def test_suggested_starting_points_are_timm_models_with_pretrained_weights():
+    import timm
+
+    from imgcls.models.registry import STARTING_POINTS
+
+    names = [name for picks in STARTING_POINTS.values() for name, _ in picks]
+    assert {"CPU", "GPU"} <= set(STARTING_POINTS) and len(names) >= 6
+    assert all(timm.is_model_pretrained(name) for name in names), names  # --pretrained finds weights for each
+
+
+def test_model_list_says_which_names_have_pretrained_weights():
+    from imgcls.models.registry import list_models
+
+    weights = {name: text for name, _, text in list_models("resnet")}
+    assert weights["resnet18"].split(",")[0].isdigit() and "default" in weights["resnet18"]
+    assert all(name in weights for name in ("resnet10t", "resnet50"))
+    assert {text for name, _, text in list_models() if name in BUILTIN_MODELS} == {"none: trains from scratch"}

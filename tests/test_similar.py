@@ -104,3 +104,17 @@ def test_cli_similar_prints_json_and_writes_a_side_by_side_png(capsys, bundle, d
 def test_cli_similar_rejects_k_below_one(capsys, bundle, digits_dir):
     code = main(["similar", str(bundle.parent), str(_test_images(digits_dir)[0]), "--k", "0"])
     assert code == 2 and "k must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_cli_similar_writes_under_the_run_folder_and_never_over_earlier_results(capsys, bundle, digits_dir):
+    run, queries = bundle.parent, _test_images(digits_dir)[:2]
+    assert main(["similar", str(bundle), str(queries[0]), "--k", "2"]) == 0  # the model/ folder: RUN_DIR/similar
+    capsys.readouterr()
+    first = json.loads((run / "similar" / "similar.json").read_text())
+    assert (run / "similar" / f"{queries[0].stem}_similar.png").is_file() and first[0]["path"] == str(queries[0])
+
+    assert main(["similar", str(run), str(queries[1]), "--k", "2"]) == 0
+    err = capsys.readouterr().err
+    assert f"{run / 'similar'} holds earlier results, kept; writing to {run / 'similar-2'}" in err
+    assert json.loads((run / "similar" / "similar.json").read_text()) == first
+    assert json.loads((run / "similar-2" / "similar.json").read_text())[0]["path"] == str(queries[1])

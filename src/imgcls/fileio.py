@@ -3,14 +3,19 @@
 Every file written here gets the mode a new file gets from open(): 0o666 less the umask (0644 under the
 usual 022), whatever the writer chose. safetensors writes 0600, which would hide a model's weights from a
 server or a colleague running as another user while its config.json stays readable.
+
+Output folders of commands run again and again (explain, similar) are never written over: `fresh_folder`.
 """
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
+
+log = logging.getLogger(__name__)
 
 NEW_FILE_MODE = 0o666  # open()'s mode for a new file, before the umask takes its bits away
 
@@ -62,3 +67,15 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def fresh_folder(path: str | Path) -> Path:
+    """`path`, unless it holds files already: then the first of path-2, path-3, ... that does not, said in the
+    log. A second `imgcls explain` keeps the first one's maps rather than mixing or replacing them."""
+    path = Path(path)
+    candidate, n = path, 2
+    while candidate.exists() and (not candidate.is_dir() or any(candidate.iterdir())):
+        candidate, n = path.with_name(f"{path.name}-{n}"), n + 1
+    if candidate != path:
+        log.info("%s holds earlier results, kept; writing to %s", path, candidate)
+    return candidate

@@ -1,16 +1,23 @@
-"""Where computation runs: the device choice and CPU threads, decided once per command."""
+"""Where computation runs: the device choice and CPU threads, decided once per command.
+
+torch is imported inside the functions: train's options import PRECISIONS from here, and `imgcls --help`
+must not wait for torch (seconds on a small CPU)."""
 from __future__ import annotations
 
 import contextlib
 import ctypes
 import sys
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import UsageError
 
+if TYPE_CHECKING:
+    import torch
+
 
 def resolve_device(name: str = "auto") -> torch.device:
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -28,11 +35,15 @@ PRECISIONS = ("auto", "fp32", "bf16")
 def _cpu_has_native_bf16() -> bool:
     """AVX512-BF16 or AMX: bf16 convolutions ~1.7x faster than fp32 (measured on Zen 4, cnn-bn and
     speedrun-cnn training). Without them oneDNN emulates bf16 and it is slower than fp32."""
+    import torch
+
     return any(getattr(torch.cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
 
 def compute_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
     """The autocast dtype for the forward pass, or None for plain fp32."""
+    import torch
+
     if precision not in PRECISIONS:
         raise UsageError(f"unknown precision '{precision}'; use one of {', '.join(PRECISIONS)}")
     if precision == "fp32":
@@ -44,6 +55,8 @@ def compute_dtype(device: torch.device, precision: str = "auto") -> torch.dtype 
 
 def autocast(device: torch.device, precision: str = "auto"):
     """Mixed precision where the hardware computes bf16 natively; weights and optimiser stay fp32."""
+    import torch
+
     dtype = compute_dtype(device, precision)
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 

@@ -101,8 +101,14 @@ def metrics_summary(metrics: dict) -> str:
     return f"{head}   ({metrics['n_images']} images)\n\n{metrics['classification_report'].rstrip()}"
 
 
-def models(rows: list[tuple[str, str]]) -> str:
-    return _table([list(r) for r in rows], ["model", "source"])
+def models(rows: list[tuple[str, str, str]], starting_points: dict[str, tuple] | None = None) -> str:
+    """The models table, then (when given) the suggested starting points per device, last: what a terminal shows."""
+    text = _table([list(r) for r in rows], ["model", "source", "pretrained weights"])
+    if starting_points:
+        width = max(len(name) for picks in starting_points.values() for name, _ in picks)
+        text += "\n\ngood starting points (ImageNet weights; imgcls train DATA --model NAME):" + "".join(
+            f"\n  {device:4} {name:{width}}  {why}" for device, picks in starting_points.items() for name, why in picks)
+    return text
 
 
 def unknown_trade_off(report: dict) -> str:

@@ -32,9 +32,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from imgcls.choices import AUGMENT_PRESETS
 from imgcls.errors import ImgclsError, did_you_mean
-
-AUGMENT_PRESETS = ("none", "shift", "seed", "standard", "strong", "speedrun")
 
 # Below this side (CIFAR, MNIST) a random-resized crop keeps too few pixels of the object to
 # recognise it; a small shift is the augmentation that helps there.

@@ -22,16 +22,15 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from ..choices import EXPLAIN_METHODS
 from ..data.images import ImageSource, UnreadableImage, decode_image, split_batch
 from ..data.loader import to_model_input
 from ..errors import ImgclsError, UsageError, did_you_mean
-from ..fileio import atomic_write, atomic_write_bytes
+from ..fileio import atomic_write, atomic_write_bytes, fresh_folder
 from . import attribution, synthesis
 from .layers import Layer, block_layers, find_layers, hooked, pick_layer
 from .overlay import colourise, overlay, tiles, to_png
 
-
-EXPLAIN_METHODS = ("gradcam", "gradcam++", "saliency", "smoothgrad", "integrated-gradients", "blocks", "feature-maps", "filters")
 LAYER_MAPS = {"gradcam": attribution.gradcam, "gradcam++": attribution.gradcam_plus_plus}
 PIXEL_MAPS = {"saliency": attribution.saliency, "smoothgrad": attribution.smoothgrad,
               "integrated-gradients": attribution.integrated_gradients}
@@ -225,8 +224,9 @@ def _save_npy(path: str, array: np.ndarray) -> None:
 
 def save_explanations(explanations: list[Explanation], out_dir: str | Path, label_in_name: bool = False) -> list[Path]:
     """Write each explanation as NAME.png (the panel) and NAME.npy (`raw`); returns the PNG paths.
-    NAME is the image's file stem, the class when `label_in_name`, and the method."""
-    out_dir = Path(out_dir)
+    NAME is the image's file stem, the class when `label_in_name`, and the method. An `out_dir` that holds
+    files already is kept: the maps go to the next free name, out_dir-2, ... (fileio.fresh_folder)."""
+    out_dir = fresh_folder(out_dir)
     written, used = [], set()
     for index, item in enumerate(explanations):
         stem = Path(item.path).stem if item.path else f"image{index}"

@@ -26,7 +26,7 @@ from ..data.cache import decode_all, decode_cached, default_cache_dir
 from ..data.folders import LabelledImages, discover
 from ..data.loader import to_model_input
 from ..errors import ImgclsError, UsageError
-from ..fileio import atomic_write, atomic_write_bytes
+from ..fileio import atomic_write, atomic_write_bytes, fresh_folder
 from .maps import decode_inputs, require_torch_model
 from .overlay import tiles, to_png
 
@@ -127,8 +127,9 @@ def similar_panel(query: np.ndarray, matches: list[dict], size: int) -> np.ndarr
 
 
 def save_similar(predictor, images: list, results: list[list[dict]], out_dir: str | Path) -> list[Path]:
-    """Write one side-by-side PNG per query and similar.json (the results); returns the PNG paths."""
-    out_dir = Path(out_dir)
+    """Write one side-by-side PNG per query and similar.json (the results); returns the PNG paths.
+    An `out_dir` that holds files already is kept: these go to the next free name, out_dir-2, ... (fileio.fresh_folder)."""
+    out_dir = fresh_folder(out_dir)
     pixels, paths = decode_inputs(list(images), predictor.config.img_size)
     written, used = [], set()
     for index, (query, path, matches) in enumerate(zip(pixels, paths, results)):

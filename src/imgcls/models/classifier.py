@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..choices import TTA_MODES  # noqa: F401  tta_logits's modes, read from here by bundle and predictor
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -30,14 +32,8 @@ class Classifier(nn.Module):
         return self.net(self.normalize(images))
 
 
-# flip: average with the mirrored image, a cheap and reliable gain for most photos.
-# flip-shift: also the mirrored pair shifted a 32nd of the side up-left and down-right (the CIFAR-10
-# speed runs' test-time views, Jordan 2024); 3x the cost of flip for a few tenths of a point more.
-TTA_MODES = ("none", "flip", "flip-shift")
-
-
 def tta_logits(model: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, tta: str) -> torch.Tensor:
-    """The model's float logits for (B, 3, H, W) images, averaged over the test-time views."""
+    """The model's float logits for (B, 3, H, W) images, averaged over the test-time views (tta: TTA_MODES)."""
     if tta == "none":
         return model(images).float()
     logits = _with_mirror(model, images)

@@ -37,6 +37,21 @@ TIMM_DEFAULT_IMG_SIZE = 224
 # takes. timm's other keywords include pretrained, pretrained_cfg(_overlay) (a URL), checkpoint_path
 # and features_only: they download, read files, or build something other than the saved classifier.
 TIMM_BUNDLE_ARGUMENTS = frozenset({"drop_rate", "drop_path_rate"})
+# What `imgcls models` suggests to start from, per device: timm architectures with ImageNet weights that
+# fine-tune well where they run. Parameter counts are timm's, for the 1000-class ImageNet model.
+STARTING_POINTS = {
+    "CPU": (
+        ("efficientnet_lite0", "the default for photos: 4.7 M parameters of plain ops, the fastest accurate "
+                               "fine-tune on a few cores"),
+        ("mobilenetv3_large_100", "5.5 M parameters: the cheapest to serve, down to phones and small boards"),
+        ("resnet18", "11.7 M parameters of plain convolutions: robust at any image size, simple to explain"),
+    ),
+    "GPU": (
+        ("convnext_tiny", "28.6 M parameters: a modern CNN that fine-tunes to high accuracy"),
+        ("efficientnet_b0", "5.3 M parameters: accurate for its size, with short epochs"),
+        ("resnet50", "25.6 M parameters: the standard baseline, with strong timm weights"),
+    ),
+}
 
 
 def _timm():
@@ -93,8 +108,22 @@ def create_model(name: str, num_classes: int, img_size: int, in_chans: int = 3,
         return build(name, **model_kwargs)
 
 
-def list_models(pattern: str = "") -> list[tuple[str, str]]:
-    """Built-in models with a summary, then timm names matching the wildcard `pattern`."""
-    rows = [(name, spec.summary) for name, spec in BUILTIN_MODELS.items() if not pattern or pattern in name]
-    rows += [(name, "timm") for name in _timm().list_models(f"*{pattern}*" if pattern else "*")]
-    return rows
+def list_models(pattern: str = "") -> list[tuple[str, str, str]]:
+    """(name, source, pretrained weights): built-in models with a summary, then timm names matching the wildcard
+    `pattern`. The weights say how many sets timm has (its pretrained tags) and which --pretrained loads."""
+    timm, wildcard = _timm(), f"*{pattern}*" if pattern else "*"
+    rows = [(name, spec.summary, "none: trains from scratch") for name, spec in BUILTIN_MODELS.items()
+            if not pattern or pattern in name]
+    weight_sets: dict[str, int] = {}
+    for tagged in timm.list_models(wildcard, pretrained=True):  # 'resnet18.a1_in1k': an architecture and a tag
+        architecture = tagged.split(".", 1)[0]
+        weight_sets[architecture] = weight_sets.get(architecture, 0) + 1
+    return rows + [(name, "timm", _weights_summary(timm, name, weight_sets.get(name, 0)))
+                   for name in timm.list_models(wildcard)]
+
+
+def _weights_summary(timm, name: str, sets: int) -> str:
+    if not sets:
+        return "none"
+    tag = timm.get_pretrained_cfg(name).tag if timm.is_model_pretrained(name) else None  # what --pretrained loads
+    return f"{sets}, default {tag}" if tag else str(sets)

@@ -90,13 +90,13 @@ def choose_schedule(config: TrainConfig, train_images: int) -> TrainConfig:
     """Batch size, epochs and learning rate for the mode, where the user gave none."""
     transfer = config.resolved_mode() in ("freeze", "finetune")
     batch_size = config.batch_size
-    if batch_size is None:
-        batch_size = TRANSFER_BATCH if transfer else SCRATCH_BATCH
+    if batch_size is None:  # one given (--batch-size, a recipe's) is kept; train.run warns if it is too large
+        batch_size = default_batch = TRANSFER_BATCH if transfer else SCRATCH_BATCH
         while batch_size > MIN_BATCH and -(-train_images // batch_size) < MIN_STEPS_PER_EPOCH:
             batch_size //= 2
-        if batch_size != (TRANSFER_BATCH if transfer else SCRATCH_BATCH):
-            log.info("batch size %d, so that %d training images make %d steps per epoch", batch_size,
-                     train_images, -(-train_images // batch_size))
+        if batch_size != default_batch:
+            log.info("batch size %d instead of %d, so that %d training images make %d steps per epoch "
+                     "(--batch-size N to choose)", batch_size, default_batch, train_images, -(-train_images // batch_size))
     epochs = config.epochs
     if epochs is None:
         low, high = TRANSFER_EPOCHS
