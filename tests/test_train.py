@@ -229,3 +229,90 @@ def test_a_bundle_trained_on_cuda_predicts_the_same_on_the_cpu(digits_dir, tmp_p
 def test_a_wrong_training_option_is_a_usage_error_before_any_work(option, message):
     with pytest.raises(UsageError, match=message):
         TrainConfig(**option).validate()
+
+
+# --- the settings a run records, and training again with them ------------------------------------------
+
+def test_a_run_records_every_option_as_used_in_its_bundle_and_in_args_yaml(trained_run, digits_dir):
+    from dataclasses import fields
+    from datetime import datetime
+
+    from imgcls.train.config import parse_settings_yaml
+
+    bundle = json.loads((trained_run.bundle_dir / "config.json").read_text())
+    settings = bundle["settings"]
+    assert {f.name for f in fields(TrainConfig)} <= set(settings)
+    # automatic choices resolved: the learning rate, weight decay, mode, device and precision actually used
+    assert settings["lr"] == pytest.approx(2e-3 * 32 / 64) and settings["weight_decay"] == 0.05
+    assert settings["mode"] == "scratch" and settings["device"] in ("cpu", "cuda") and settings["precision"] in ("fp32", "bf16")
+    assert settings["pretrained"] is False and settings["epochs"] == 3 and settings["img_size"] == 32
+    assert settings["data"] == str(digits_dir.resolve()) and settings["data_fingerprint"] == bundle["data_fingerprint"]
+    assert settings["imgcls_version"] == imgcls.__version__ and settings["torch_version"] == torch.__version__
+    assert settings["timm_version"] and settings["python_version"].count(".") == 2
+    assert datetime.fromisoformat(settings["started_at"]).tzinfo is not None and bundle["wall_time_s"] > 0
+
+    text = (trained_run.run_dir / "args.yaml").read_text()
+    assert text.startswith("# ") and "imgcls train --config" in text and "\nepochs: 3\n" in text
+    assert parse_settings_yaml(text, "args.yaml") == {**settings, "wall_time_s": bundle["wall_time_s"]}
+    yaml = pytest.importorskip("yaml")  # not a dependency; where installed it checks the file is real YAML
+    assert yaml.safe_load(text) == {**settings, "wall_time_s": bundle["wall_time_s"]}
+
+
+def test_a_bundle_saved_before_settings_were_recorded_still_loads(trained_run, tmp_path):
+    bundle = tmp_path / "model"
+    shutil.copytree(trained_run.bundle_dir, bundle)
+    config = json.loads((bundle / "config.json").read_text())
+    del config["settings"], config["wall_time_s"]
+    (bundle / "config.json").write_text(json.dumps(config))
+    predictor = imgcls.load(bundle)
+    assert predictor.config.settings == {} and predictor.config.wall_time_s is None
+    config["settings"] = "epochs=3"
+    (bundle / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ImgclsError, match="settings must be an object, got 'epochs=3'"):
+        imgcls.load(bundle)
+
+
+def test_training_again_from_args_yaml_uses_the_same_settings_and_command_line_options_win(trained_run, tmp_path, capsys):
+    from imgcls.cli.main import main
+    from imgcls.train.config import RECORD_KEYS
+
+    def options(run_dir):
+        settings = json.loads((run_dir / "model/config.json").read_text())["settings"]
+        return {key: value for key, value in settings.items() if key not in RECORD_KEYS}
+
+    args_yaml = trained_run.run_dir / "args.yaml"
+    assert main(["train", "--config", str(args_yaml), "--out", str(tmp_path / "again"), "--no-progress"]) == 0
+    assert options(tmp_path / "again") == options(trained_run.run_dir)
+    assert main(["train", "--config", str(args_yaml), "--out", str(tmp_path / "shorter"), "--epochs", "1",
+                 "--no-report", "--no-progress"]) == 0
+    assert options(tmp_path / "shorter") == {**options(trained_run.run_dir), "epochs": 1, "report": False}
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("value", [None, True, False, 0, 32, 2e-05, 1e20, 0.0015, -3.5, "cnn-bn", "", "a: b # c",
+                                   'quote " and \\ back', "ünï €", "line\nbreak", "\u2028", [0.5, 0.25], ["a", "b"], []])
+def test_settings_yaml_reads_back_every_value_it_writes(value):
+    from imgcls.train.config import parse_settings_yaml, settings_yaml
+
+    text = settings_yaml({"value": value}, "a comment\nover two lines")
+    assert parse_settings_yaml(text, "args.yaml") == {"value": value}
+    assert text.count("\n") == 3
+
+
+def test_settings_yaml_reads_what_a_person_writes_and_refuses_what_it_cannot_read(tmp_path):
+    from imgcls.train.config import parse_settings_yaml, read_settings
+
+    hand = "# mine\nmodel: resnet18   \nepochs: 5  # more\nlr: 1e-3\npretrained: false\ntta: 'flip'\nworkers:\n"
+    assert parse_settings_yaml(hand, "x") == {"model": "resnet18", "epochs": 5, "lr": 0.001, "pretrained": False,
+                                              "tta": "flip", "workers": None}
+    for text, message in [("model:\n  name: x\n", "line 2: expected a flat `name: value` line"),
+                          ("epochs: 3\nepochs: 4\n", "line 2: 'epochs' is set twice"),
+                          ("model: [a, b]\n", "line 1: cannot read the value '\\[a, b\\]'"),
+                          ("!!python/object: x\n", "line 1: expected a flat")]:
+        with pytest.raises(UsageError, match=message):
+            parse_settings_yaml(text, "x")
+    (tmp_path / "args.yaml").write_text("data: /somewhere\nepoch: 3\n")
+    with pytest.raises(UsageError, match="unknown training option 'epoch'; did you mean 'epochs'"):
+        read_settings(tmp_path / "args.yaml")
+    (tmp_path / "args.yaml").write_text('data: "/somewhere"\nepochs: 3\nwall_time_s: 12.5\n')
+    assert read_settings(tmp_path / "args.yaml") == ("/somewhere", {"epochs": 3})

@@ -10,7 +10,7 @@ from .predict.predictor import Predictor
 from .train.config import TrainConfig
 from .train.run import train
 
-DEMO_CONFIG = TrainConfig(model="cnn-bn", epochs=12, batch_size=64, img_size=32)
+DEMO_CONFIG = TrainConfig(model="cnn-bn", epochs=8, batch_size=64, img_size=32)
 
 
 def run_demo(out_dir: str | Path, progress: bool = True) -> tuple[dict[str, Path], dict]:

@@ -18,6 +18,8 @@ FEATURES = {
     "serve": "imgcls serve",
     "explain": "imgcls explain",
     "onnx": "ONNX export and --engine onnx",
+    "tensorboard": "--logger tensorboard",
+    "mlflow": "--logger mlflow",
 }
 
 

@@ -6,15 +6,23 @@ line on stderr and an exit status, tracebacks appear only with --debug.
 from __future__ import annotations
 
 import argparse
+import copy
+import functools
+import itertools
 import json
 import logging
 import os
 import select
+import shlex
 import sys
-from dataclasses import fields
+import time
+from dataclasses import asdict, fields
 from pathlib import Path
 
+# Only light modules here and in the parser builders: `imgcls --help` answers without importing torch,
+# timm or matplotlib, which each command imports when it runs (tests/test_cli.py checks it).
 from .. import __version__
+from ..choices import AUGMENT_PRESETS, EXPLAIN_METHODS, TTA_MODES
 from ..errors import ExitStatus, ImgclsError, UsageError
 
 log = logging.getLogger("imgcls")
@@ -50,7 +58,7 @@ EPILOG_EXPORT = """examples:
   imgcls export runs/data --out deploy/classifier.onnx --check-images photos/"""
 
 EPILOG_EXPLAIN = """examples:
-  imgcls explain runs/data photo.jpg                          # Grad-CAM of the predicted class
+  imgcls explain runs/data photo.jpg                          # Grad-CAM of the predicted class: runs/data/explanations/
   imgcls explain runs/data photos/ --method integrated-gradients --out maps/
   imgcls explain runs/data photo.jpg --class cat --layer layer3
   imgcls explain runs/data photos/ --method blocks            # one map per block, shallow to deep
@@ -73,9 +81,45 @@ exit status:
      others still get their rows (a script sees the failure without parsing the output)
   2  the command line was wrong: a --shard outside 0 <= K < N, an --out FILE that exists without --resume"""
 
+EPILOG_PUSH = """examples:
+  imgcls push runs/data alice/flowers                 # the bundle and a model card, as a public repo
+  imgcls push runs/data alice/flowers --private --revision v2 --license apache-2.0
+  imgcls push runs/data alice/flowers --dry-run staged/   # write the files to read first; upload nothing
+  imgcls predict hf://alice/flowers photo.jpg         # anywhere, by anyone who may read the repo
+  imgcls predict hf://alice/flowers@v2 photo.jpg      # a branch, tag or commit
+
+Log in once with `hf auth login` (a token with write access), or set HF_TOKEN."""
+
 EPILOG_SIMILAR = """examples:
-  imgcls similar runs/data photo.jpg --k 5                    # nearest training images, JSON + PNG
+  imgcls similar runs/data photo.jpg --k 5                    # nearest training images: JSON, PNGs in runs/data/similar/
   imgcls similar runs/data photos/ --data other_train_dir/"""
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Ends each option's help with its default, unless the help names one already or the option is a
+    flag. `defaults` stands in for options whose own default is SUPPRESS: train's, which a --recipe fills."""
+
+    def __init__(self, prog: str, defaults: dict | None = None, **kwargs):
+        super().__init__(prog, **kwargs)
+        self.defaults = defaults or {}
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (not action.option_strings or text == argparse.SUPPRESS or "default" in text.lower()
+                or (action.nargs == 0 and not isinstance(action, argparse.BooleanOptionalAction))):
+            return text
+        default = self.defaults.get(action.dest) if action.default is argparse.SUPPRESS else action.default
+        if isinstance(default, bool):
+            shown = "on" if default else "off"
+        else:
+            shown = "none" if default is None or default == [] else str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})".lstrip()  # argparse %-formats help
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if action.help is None and action.option_strings:  # argparse writes nothing for it: write the default
+            action = copy.copy(action)
+            action.help = self._get_help_string(action)
+        return super()._format_action(action)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -91,26 +135,37 @@ class _CommandParser(_Parser):
     SUPPRESS keeps a flag out of the namespace where it is not given here, so one given before the command stands."""
 
     def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
         super().__init__(*args, **kwargs)
         group = self.add_argument_group("global options")
         for flag, help_text in GLOBAL_FLAGS:
             group.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=help_text)
 
 
-def _train_parser(commands) -> None:
-    from ..data.augment import AUGMENT_PRESETS
+def _duration(text: str) -> float:
+    """--time's type, importing train.time_budget (and so torch) only when --time is given."""
     from ..train.time_budget import parse_duration
-    from ..models.classifier import TTA_MODES
+
+    return parse_duration(text)
+
+
+def _train_parser(commands) -> None:
+    from ..choices import LOGGERS
     from ..runtime import PRECISIONS
     from ..train.config import OPTIMIZERS, RECIPES, SCHEDULES, TrainConfig
 
     d = TrainConfig()
     # Options left out are absent from the namespace (SUPPRESS), so a --recipe's values apply only where the user gave none.
     p = commands.add_parser("train", help="train a classifier on a folder of images", epilog=EPILOG_TRAIN,
-                            formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=argparse.SUPPRESS)
+                            formatter_class=functools.partial(_HelpFormatter, defaults=asdict(d)),
+                            argument_default=argparse.SUPPRESS)
     p.add_argument("data", nargs="?", default=None, help="image folder (optional with --resume)")
     p.add_argument("--out", type=Path, default=None, help="run folder to write (default: runs/<data folder name>)")
-    p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR", help="continue the interrupted run in RUN_DIR")
+    p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
+                   help="continue the interrupted run in RUN_DIR (default: start a new run)")
+    p.add_argument("--config", type=Path, default=None, metavar="ARGS_YAML",
+                   help="train with the settings of an earlier run (its RUN_DIR/args.yaml), data folder included; "
+                        "options given here win over the file's")
     p.add_argument("--recipe", choices=RECIPES, default=None,
                    help="a tuned set of defaults; speedrun: small images (CIFAR-sized) to high accuracy in minutes")
     g = p.add_argument_group("model")
@@ -131,13 +186,15 @@ def _train_parser(commands) -> None:
                       help="train only a new head on the frozen backbone (with --augment none: on cached features)")
     mode.add_argument("--finetune", dest="mode", action="store_const", const="finetune",
                       help="head first, then the whole network with layer-wise lr decay (default when starting from weights)")
-    g.add_argument("--head-epochs", type=int, help="finetune: head-only epochs before unfreezing")
+    g.add_argument("--head-epochs", type=int, help="finetune: head-only epochs before unfreezing (default 0: the "
+                                                 "head starts as a linear probe)")
     g.add_argument("--layer-decay", type=float, help="finetune: lr multiplier per block towards the input")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, help="(default: 30 from scratch; transfer: about 10,000 images seen, 5-30 epochs)")
-    g.add_argument("--time", dest="time_budget_s", type=parse_duration, metavar="DURATION",
+    g.add_argument("--time", dest="time_budget_s", type=_duration, metavar="DURATION",
                    help="end the whole run within this time (90s, 10m, 1.5h; a bare number is minutes): the "
-                        "epochs are chosen from a few timed steps, with the full learning-rate schedule")
+                        "epochs are chosen from a few timed steps, with the full learning-rate schedule "
+                        "(default: no time limit)")
     g.add_argument("--batch-size", type=int, help="(default: 64 from scratch, 32 transfer; halved on small data "
                                                   "until an epoch has 8 steps)")
     g.add_argument("--optimizer", choices=OPTIMIZERS)
@@ -170,10 +227,12 @@ def _train_parser(commands) -> None:
     g.add_argument("--compile", action="store_true", help="torch.compile the model (pays on GPUs; slower on small CPUs)")
     g.add_argument("--no-progress", action="store_true", default=False, help="no progress bar (log lines only)")
     g.add_argument("--no-report", dest="report", action="store_false", help="skip report.html at the end")
+    g.add_argument("--logger", choices=LOGGERS, help="also track the run in TensorBoard (RUN/tensorboard/) or MLflow "
+                                                     "($MLFLOW_TRACKING_URI, else RUN/mlruns/); csv: history.csv only")
     g = p.add_argument_group("more than one process (see also: torchrun ... -m imgcls train)")
     g.add_argument("--nproc", type=int, default=None, metavar="N",
                    help="N processes on this machine, one per GPU (or sharing the CPU cores), through torchrun; "
-                        "--batch-size and --lr stay those of the whole batch")
+                        "--batch-size and --lr stay those of the whole batch (default: this one process)")
     g.add_argument("--max-restarts", type=int, default=0, metavar="K",
                    help="with --nproc: after a failure, start the processes again up to K times, continuing from the "
                         "last checkpoint (default 0)")
@@ -183,8 +242,7 @@ def _serve_parser(commands) -> None:
     from ..serve.config import ServeConfig
 
     d = ServeConfig()
-    p = commands.add_parser("serve", help="a local web page and JSON API for a bundle", epilog=EPILOG_SERVE,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = commands.add_parser("serve", help="a local web page and JSON API for a bundle", epilog=EPILOG_SERVE)
     p.add_argument("bundle", help="run folder or its model/ folder")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     p.add_argument("--port", type=int, default=8000)
@@ -213,8 +271,7 @@ def _serve_parser(commands) -> None:
 
 
 def _export_parser(commands) -> None:
-    p = commands.add_parser("export", help="export a bundle to ONNX, checked against PyTorch", epilog=EPILOG_EXPORT,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = commands.add_parser("export", help="export a bundle to ONNX, checked against PyTorch", epilog=EPILOG_EXPORT)
     p.add_argument("bundle", help="run folder or its model/ folder")
     p.add_argument("--format", choices=("onnx",), default="onnx")
     p.add_argument("--out", type=Path, metavar="FILE", help="default: BUNDLE/model.onnx, where --engine onnx finds it")
@@ -225,30 +282,44 @@ def _export_parser(commands) -> None:
 
 
 def _explain_parser(commands) -> None:
-    from ..explain.maps import EXPLAIN_METHODS
-
-    p = commands.add_parser("explain", help="why the model decided: maps over the images", epilog=EPILOG_EXPLAIN,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = commands.add_parser("explain", help="why the model decided: maps over the images", epilog=EPILOG_EXPLAIN)
     p.add_argument("bundle", help="run folder or its model/ folder")
     p.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files, folders or glob patterns")
     p.add_argument("--method", default="gradcam", metavar="M", help=f"{', '.join(EXPLAIN_METHODS)} (default gradcam)")
-    p.add_argument("--out", type=Path, default=Path("explanations"), help="folder for the PNGs and .npy maps")
+    p.add_argument("--out", type=Path, metavar="DIR",
+                   help="folder for the PNGs and .npy maps (default: RUN_DIR/explanations); one holding earlier "
+                        "maps is kept and DIR-2, DIR-3, ... written instead")
     p.add_argument("--class", dest="class_name", metavar="NAME", help="explain this class (default: the prediction)")
-    p.add_argument("--layer", metavar="NAME", help="layer for gradcam, gradcam++, feature-maps, filters (see imgcls layers)")
+    p.add_argument("--layer", metavar="NAME",
+                   help="layer for gradcam, gradcam++, feature-maps, filters (default: the model's; see imgcls layers)")
     p.add_argument("--faithfulness", action="store_true",
                    help="deletion test: how much faster the score drops removing salient pixels than random ones")
     p.add_argument("--device", default="auto")
 
 
 def _similar_parser(commands) -> None:
-    p = commands.add_parser("similar", help="the training images the model finds most alike", epilog=EPILOG_SIMILAR,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = commands.add_parser("similar", help="the training images the model finds most alike", epilog=EPILOG_SIMILAR)
     p.add_argument("bundle", help="run folder or its model/ folder")
     p.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files, folders or glob patterns")
     p.add_argument("--k", type=int, default=5, help="look-alikes per image")
     p.add_argument("--data", metavar="TRAIN_DIR", help="training images (default: the run's data folder)")
-    p.add_argument("--out", type=Path, default=Path("similar"), help="folder for the side-by-side PNGs and similar.json")
+    p.add_argument("--out", type=Path, metavar="DIR",
+                   help="folder for the side-by-side PNGs and similar.json (default: RUN_DIR/similar); one holding "
+                        "earlier results is kept and DIR-2, DIR-3, ... written instead")
     p.add_argument("--device", default="auto")
+
+
+def _push_parser(commands) -> None:
+    p = commands.add_parser("push", help="share a bundle on the Hugging Face Hub, with a model card", epilog=EPILOG_PUSH)
+    p.add_argument("bundle", metavar="RUN_OR_BUNDLE", help="run folder or its model/ folder")
+    p.add_argument("repo_id", metavar="USER/REPO", help="the Hub model repo, created if absent")
+    p.add_argument("--private", action="store_true", help="create the repo private (an existing one keeps its visibility)")
+    p.add_argument("--token", metavar="T", help="a Hugging Face token with write access (default: HF_TOKEN, else the "
+                                                 "one `hf auth login` saved; both keep it out of the shell history)")
+    p.add_argument("--revision", metavar="BRANCH", help="push to this branch, created if absent (default: main)")
+    p.add_argument("--license", metavar="ID", help="license named in the model card, e.g. apache-2.0, mit, cc-by-4.0 "
+                                                   "(default: none stated)")
+    p.add_argument("--dry-run", type=Path, metavar="DIR", help="write the files into DIR (new or empty) and upload nothing")
 
 
 def _explain_commands(commands) -> None:
@@ -268,38 +339,39 @@ TTA_HELP = ("test-time augmentation: flip averages with the mirrored image, flip
 
 
 def _add_commands(parser: argparse.ArgumentParser) -> None:
-    from ..models.classifier import TTA_MODES
-
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_CommandParser)
     _train_parser(commands)
     p = commands.add_parser("evaluate", help="score a bundle on labelled images")
     p.add_argument("bundle", help="run folder or its model/ folder")
     p.add_argument("data", help="image folder (its test split, else validation, else every image)")
-    p.add_argument("--out", type=Path, help="folder for metrics and plots (default: RUN_DIR/evaluation-<data folder name>)")
-    p.add_argument("--split", help="train, validation or test")
+    p.add_argument("--out", type=Path, help="folder for metrics and plots (default: RUN_DIR/evaluation-<data folder name>-<split>, "
+                                           "or its -2, -3, ... when that holds an earlier evaluation)")
+    p.add_argument("--split", help="train, validation or test (default: test, else validation, else every image)")
     p.add_argument("--labels", dest="labels_csv", metavar="CSV")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--device", default="auto")
     p.add_argument("--tta", choices=TTA_MODES, help=TTA_HELP)
-    p = commands.add_parser("predict", help="predict classes of new images", epilog=EPILOG_PREDICT,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = commands.add_parser("predict", help="predict classes of new images", epilog=EPILOG_PREDICT)
     p.add_argument("bundle")
     p.add_argument("inputs", nargs="+", metavar="PATH", help="image files, folders or glob patterns")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--format", choices=("table", "json", "jsonl", "csv"), default="table",
                    help="jsonl: a JSON object per line; csv: a line per rank")
-    p.add_argument("--unknown-below", type=float, metavar="P", help="answer 'unknown' when the top score is below P")
+    p.add_argument("--unknown-below", type=float, metavar="P",
+                   help="answer 'unknown' when the top score is below P (default: the bundle's, from calibrate-unknown; "
+                        "else never)")
     p.add_argument("--device", default="auto")
     p.add_argument("--tta", choices=TTA_MODES, help=TTA_HELP)
     p.add_argument("--engine", choices=("torch", "onnx"), default="torch", help="onnx: run model.onnx (after imgcls export)")
     g = p.add_argument_group("large folders")
     g.add_argument("--out", type=Path, metavar="FILE",
                    help="write the rows to FILE, a chunk at a time, and a summary to stdout; an existing FILE is "
-                        "never overwritten")
+                        "never overwritten (default: the rows to stdout)")
     g.add_argument("--resume", action="store_true",
                    help="continue the --out FILE of an interrupted run: keep its rows, predict the others (csv, jsonl)")
     g.add_argument("--shard", metavar="K/N", help="predict only block K (from 0) of N near-equal blocks of the inputs, "
-                                                   "in their order: shards 0/N ... N-1/N together are the whole output")
+                                                   "in their order: shards 0/N ... N-1/N together are the whole output "
+                                                   "(default: all)")
     p = commands.add_parser("calibrate-unknown", help="choose when predict answers 'unknown', from outlier images")
     p.add_argument("bundle")
     p.add_argument("--data", required=True, help="labelled in-distribution images (test, else validation, split)")
@@ -308,7 +380,7 @@ def _add_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=("table", "json"), default="table")
     p = commands.add_parser("audit", help="check a dataset: counts, imbalance, corrupt files, duplicates, leakage; "
                                           "with --labels also wrong labels, off-topic and low-quality images",
-                            epilog=EPILOG_AUDIT, formatter_class=argparse.RawDescriptionHelpFormatter)
+                            epilog=EPILOG_AUDIT)
     p.add_argument("data")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--val-split", type=float, default=0.2)
@@ -323,13 +395,15 @@ def _add_commands(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no-pretrained", dest="pretrained", action="store_false",
                    help="compare images by their pixels rather than an ImageNet backbone's features")
     g.add_argument("--device", default="auto")
-    p = commands.add_parser("models", help="list built-in models and timm architectures")
+    p = commands.add_parser("models", help="list built-in models and timm architectures, with their pretrained "
+                                           "weights and good starting points per device")
     p.add_argument("pattern", nargs="?", default="", help="substring filter, e.g. mobilenet")
     p = commands.add_parser("demo", help="train, evaluate and predict on the bundled digits dataset")
     p.add_argument("--out", type=Path, default=Path("demo-output"))
     _serve_parser(commands)
     _export_parser(commands)
     _explain_commands(commands)
+    _push_parser(commands)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -341,12 +415,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _default_run_dir(data: str) -> Path:
+def _run_dir_names(data: str):
+    """Where `imgcls train DATA` without --out writes: runs/<data folder name>, else the first free of -2, -3, ..."""
     base = Path("runs") / (Path(data).resolve().name or "run")
-    candidate, n = base, 2
-    while candidate.exists():
-        candidate, n = base.with_name(f"{base.name}-{n}"), n + 1
-    return candidate
+    yield base
+    for n in itertools.count(2):
+        yield base.with_name(f"{base.name}-{n}")
+
+
+def _default_run_dir(data: str) -> Path:
+    return next(path for path in _run_dir_names(data) if not path.exists())
 
 
 def _launch_processes(args) -> int:
@@ -376,13 +454,17 @@ def _refuse_existing_run(run_dir: Path) -> None:
 def cmd_train(args) -> int:
     from .. import distributed
     from ..runtime import resolve_device
-    from ..train.config import TrainConfig
+    from ..train.config import TrainConfig, read_settings
     from ..train.run import train
 
+    file_data, file_options = read_settings(args.config) if args.config else (None, {})
+    args.data = args.data or file_data  # DATA given here wins over the file's, as every option does
     if args.nproc is not None:
         return _launch_processes(args)
+    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
+    config = TrainConfig.from_options({**file_options, **given}, args.recipe)
     # Under torchrun every process runs this; they agree on one run folder, process 0's.
-    ranks, _ = distributed.join(resolve_device(getattr(args, "device", "auto")))
+    ranks, _ = distributed.join(resolve_device(config.device))
     run_dir = args.resume or distributed.broadcast_object(args.out or (_default_run_dir(args.data) if args.data else None), ranks)
     if args.resume or (distributed.restarted() and (run_dir / "checkpoint.pt").exists()):  # torchrun --max-restarts
         result = train(args.data, run_dir, resume=True, progress=not args.no_progress)
@@ -390,8 +472,6 @@ def cmd_train(args) -> int:
         if args.data is None:
             raise UsageError("train needs a data folder: imgcls train DATA (or --resume RUN_DIR)")
         _refuse_existing_run(run_dir)
-        given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
-        config = TrainConfig.from_recipe(args.recipe, **given) if args.recipe else TrainConfig(**given)
         result = train(args.data, run_dir, config, progress=not args.no_progress)
     if not ranks.is_main:  # process 0 tells
         return ExitStatus.OK
@@ -409,7 +489,11 @@ def cmd_evaluate(args) -> int:
     from . import render
 
     metrics, out_dir = evaluate(args.bundle, args.data, args.out, args.split, args.labels_csv, args.device, args.tta)
-    print(json.dumps(metrics, indent=2) if args.format == "json" else f"{render.metrics_summary(metrics)}\n\nwritten to {out_dir}")
+    if args.format == "json":
+        print(json.dumps(metrics, indent=2))
+    else:
+        scored = "every image" if metrics["split"] == "all" else f"the {metrics['split']} split"
+        print(f"{scored} of {args.data}\n{render.metrics_summary(metrics)}\n\nwritten to {out_dir}")
     return ExitStatus.OK
 
 
@@ -432,7 +516,7 @@ def _write_predictions(predictor, paths: list, writer, errors: dict, total: int,
 
 def cmd_predict(args) -> int:
     from ..data.folders import find_inputs
-    from ..predict.batch import RESUMABLE_FORMATS, Shard, check_rows_file, finished_rows, open_rows, resume_from
+    from ..predict.batch import Shard, check_rows_file, finished_rows, open_rows, resume_from
     from ..predict.predictor import UNKNOWN, Predictor
     from . import render
 
@@ -452,11 +536,7 @@ def cmd_predict(args) -> int:
         writer = render.PredictionWriter(stream, args.format, widths, head and not keep)  # a continued file has it
         _write_predictions(predictor, [i.path for i in block[start:]], writer, errors, len(block), args.top_k,
                            args.unknown_below)
-    except KeyboardInterrupt:
-        if args.out and args.format in RESUMABLE_FORMATS:
-            log.warning("the rows so far are in %s; the same command with --resume predicts the others", args.out)
-        raise
-    finally:
+    finally:  # on Ctrl-C too: main's interrupted_message says how to continue
         if args.out:
             stream.close()
     failed = [i for i in block if errors[str(i.path)]]
@@ -479,6 +559,20 @@ def cmd_export(args) -> int:
     checked = ", ".join(f"{count} {source}" for source, count in result.checked.items())
     print(f"{result.path}\nmax difference from PyTorch: {result.max_score_diff:.1e} in scores (tolerance {tolerance:.0e}), "
           f"{result.max_logit_diff:.1e} in logits; on {checked}")
+    return ExitStatus.OK
+
+
+def cmd_push(args) -> int:
+    from ..export.hub import push
+
+    result = push(args.bundle, args.repo_id, args.private, args.token, args.revision, args.dry_run, args.license)
+    files = "\n".join(f"  {name}" for name in result.files)
+    if result.url is None:
+        print(f"wrote {len(result.files)} files to {result.folder} (nothing uploaded):\n{files}\n"
+              f"push them with: imgcls push {args.bundle} {result.repo_id}")
+    else:
+        where = result.repo_id + (f"@{args.revision}" if args.revision else "")
+        print(f"pushed {len(result.files)} files to {result.url}:\n{files}\nuse it with: imgcls predict hf://{where} IMAGE")
     return ExitStatus.OK
 
 
@@ -510,10 +604,10 @@ def cmd_audit(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from ..models.registry import list_models
+    from ..models.registry import STARTING_POINTS, list_models
     from . import render
 
-    print(render.models(list_models(args.pattern)))
+    print(render.models(list_models(args.pattern), None if args.pattern else STARTING_POINTS))
     return ExitStatus.OK
 
 
@@ -542,20 +636,21 @@ def cmd_explain(args) -> int:
     from ..data.folders import expand_inputs
     from ..explain.faithfulness import deletion_test
     from ..explain.maps import check_method, explain, save_explanations
-    from ..fileio import atomic_write_bytes
+    from ..fileio import atomic_write_bytes, fresh_folder
     from ..predict.predictor import Predictor
 
     check_method(args.method)
     predictor = Predictor.load(args.bundle, device=args.device)
     explanations = explain(predictor, expand_inputs(args.inputs), args.method, args.class_name, args.layer)
-    written = save_explanations(explanations, args.out, predictor.config.multi_label or args.class_name is not None)
+    out_dir = fresh_folder(args.out or predictor.bundle_dir.parent / "explanations")  # the run folder, as evaluate's
+    written = save_explanations(explanations, out_dir, predictor.config.multi_label or args.class_name is not None)
     print("\n".join(f"{path}  {item.label} {item.score:.1%}" for item, path in zip(explanations, written)))
     if args.faithfulness:
         result = deletion_test(predictor, explanations)
-        atomic_write_bytes(args.out / "faithfulness.json", json.dumps(result, indent=2).encode())
+        atomic_write_bytes(out_dir / "faithfulness.json", json.dumps(result, indent=2).encode())
         print(f"faithfulness {result['faithfulness']:.3f}: removing the most salient pixels first drops the score by "
               f"{result['salient_drop']:.3f} on average, removing random pixels by {result['random_drop']:.3f} "
-              f"({result['images']} maps; details in {args.out / 'faithfulness.json'})")
+              f"({result['images']} maps; details in {out_dir / 'faithfulness.json'})")
     return ExitStatus.OK
 
 
@@ -575,15 +670,16 @@ def cmd_layers(args) -> int:
 def cmd_similar(args) -> int:
     from ..data.folders import expand_inputs
     from ..explain.similar import find_similar, save_similar
-    from ..models.bundle import find_bundle
+    from ..fileio import fresh_folder
     from ..predict.predictor import Predictor
 
     paths = expand_inputs(args.inputs)
     predictor = Predictor.load(args.bundle, device=args.device)
-    results = find_similar(predictor, paths, args.k, args.data, bundle_dir=find_bundle(args.bundle))
-    written = save_similar(predictor, paths, results, args.out)
+    results = find_similar(predictor, paths, args.k, args.data, bundle_dir=predictor.bundle_dir)
+    out_dir = fresh_folder(args.out or predictor.bundle_dir.parent / "similar")  # the run folder, as evaluate's
+    written = save_similar(predictor, paths, results, out_dir)
     print(json.dumps([{"path": str(p), "similar": r} for p, r in zip(paths, results)], indent=2, ensure_ascii=False))
-    log.info("side-by-side images: %s", ", ".join(map(str, written)))
+    log.info("side-by-side images and similar.json in %s: %s", out_dir, ", ".join(p.name for p in written))
     return ExitStatus.OK
 
 
@@ -641,7 +737,48 @@ def _end_quietly_on_a_closed_pipe() -> int:
     return int(ExitStatus.BROKEN_PIPE)
 
 
+CHECKPOINT = "checkpoint.pt"  # train.callbacks.CHECKPOINT_FILE, named here so a Ctrl-C message imports no torch
+
+
+def _interrupted_run(args, started_s: float) -> Path | None:
+    """The run folder an interrupted `imgcls train` was writing, when it holds a checkpoint this process wrote."""
+    if args.resume:
+        return args.resume
+    if args.out:  # refused at the start if it held a run already, so a checkpoint there is this run's
+        candidates = [args.out]
+    else:  # _default_run_dir took the first free name; --nproc passed it on to the processes as --out
+        candidates = itertools.takewhile(Path.exists, _run_dir_names(args.data)) if args.data else []
+    for run_dir in candidates:
+        checkpoint = run_dir / CHECKPOINT
+        if checkpoint.is_file() and checkpoint.stat().st_mtime >= started_s - 2:  # FAT and SMB stamp to 2 s
+            return run_dir
+    return None
+
+
+def interrupted_message(args: argparse.Namespace | None, started_s: float) -> str:
+    """What Ctrl-C leaves and how to continue, for the command interrupted (`args`, with `argv`; None while
+    parsing) in a process started at `started_s` (time.time())."""
+    command = getattr(args, "command", None)
+    if command == "train":
+        run_dir = _interrupted_run(args, started_s)
+        if run_dir is None:
+            return "imgcls: interrupted before the first epoch was saved; nothing to resume: run the command again"
+        return f"imgcls: interrupted; continue with: imgcls train --resume {shlex.quote(str(run_dir))}"
+    if command == "predict" and args.out:
+        from ..predict.batch import RESUMABLE_FORMATS
+
+        if args.format not in RESUMABLE_FORMATS:
+            return (f"imgcls: interrupted; {args.out} holds the rows so far, but a {args.format} file cannot be "
+                    f"continued: remove it and run the command again (--format csv or jsonl can --resume)")
+        again = shlex.join(["imgcls", *args.argv, *([] if args.resume else ["--resume"])])
+        return f"imgcls: interrupted; the rows so far are in {args.out}; predict the others with: {again}"
+    if command == "serve":
+        return "imgcls: server stopped"
+    return "imgcls: interrupted; nothing to continue: run the command again"
+
+
 def main(argv: list[str] | None = None) -> int:
+    started_s, args = time.time(), None
     parser = build_parser()
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
@@ -661,7 +798,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{_error_prefix()}{err}", file=sys.stderr)
         return int(err.exit_status)
     except KeyboardInterrupt:
-        print("imgcls: interrupted (a training run continues with: imgcls train --resume RUN_DIR)", file=sys.stderr)
+        print(interrupted_message(args, started_s), file=sys.stderr)
         return int(ExitStatus.INTERRUPTED)
     except Exception as err:  # a bug, or an input we did not foresee: still one line
         if isinstance(err, BrokenPipeError) and _stdout_reader_gone():

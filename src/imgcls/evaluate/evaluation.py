@@ -7,15 +7,20 @@ import io
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..data.cache import decode_cached, default_cache_dir
-from ..data.folders import Sample, find_evaluation_images, multi_hot
-from ..fileio import atomic_write_bytes
-from ..models.bundle import BundleConfig, find_bundle
+from ..data.folders import SPLIT_ALIASES, Sample, find_evaluation_images, find_split_folders, multi_hot
+from ..errors import UsageError
+from ..fileio import atomic_write_bytes, fresh_folder
+from ..models.bundle import BundleConfig
 from . import metrics as M
 from . import plots
+
+if TYPE_CHECKING:
+    from ..predict.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -40,18 +45,21 @@ def _predictions_csv(samples: list[Sample], probs: np.ndarray, classes: list[str
 
 
 def write_evaluation(probs: np.ndarray, samples: list[Sample], config: BundleConfig, out_dir: str | Path,
-                     history_path: Path | None = None, uncalibrated: np.ndarray | None = None) -> dict:
+                     history_path: Path | None = None, uncalibrated: np.ndarray | None = None,
+                     split: str | None = None) -> dict:
     """Compute every metric for `probs` (N, C) against `samples`' labels and write the files.
-    `uncalibrated`: the probabilities before temperature scaling, to report the ECE it fixed."""
+    `uncalibrated`: the probabilities before temperature scaling, to report the ECE it fixed.
+    `split`: what the images were (test, validation, train, all), first in metrics.json."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     classes, hot = config.classes, multi_hot(samples, len(config.classes))
+    metrics = {} if split is None else {"split": split}
     if config.multi_label:
         thresholds = np.asarray(config.thresholds or [0.5] * len(classes))
-        metrics = M.multi_label_metrics(hot, probs, classes, thresholds)
+        metrics.update(M.multi_label_metrics(hot, probs, classes, thresholds))
         plots.plot_pr_curves(hot, probs, classes, out_dir / "pr_curves.png")
     else:
-        metrics = M.single_label_metrics(hot.argmax(1), probs, classes)
+        metrics.update(M.single_label_metrics(hot.argmax(1), probs, classes))
         plots.write_confusion_csv(metrics["confusion_matrix"], classes, out_dir / "confusion_matrix.csv")
         plots.plot_confusion_matrix(metrics["confusion_matrix"], classes, out_dir / "confusion_matrix.png")
         plots.plot_reliability(M.reliability_bins(hot.argmax(1), probs), out_dir / "reliability.png")
@@ -67,21 +75,45 @@ def write_evaluation(probs: np.ndarray, samples: list[Sample], config: BundleCon
     return metrics
 
 
-def evaluate(bundle: str | Path, data_dir: str | Path, out_dir: str | Path | None = None, split: str | None = None,
-             labels_csv: str | Path | None = None, device: str = "cpu", tta: str | None = None) -> tuple[dict, Path]:
-    """Evaluate a saved bundle on the test (else validation) images of `data_dir`."""
+# The name of the images scored when they are no split: a plain class-folder tree, or a labels CSV.
+ALL_IMAGES = "all"
+
+
+def _split_scored(data_dir: str | Path, split: str | None, labels_csv: str | Path | None) -> str:
+    """The split find_evaluation_images took (it has checked that it exists): the one asked for, else
+    test, else validation, as it chooses; ALL_IMAGES when the images are no split."""
+    if labels_csv is not None:
+        return ALL_IMAGES
+    if split is not None:
+        return SPLIT_ALIASES.get(split.lower(), split)
+    found = find_split_folders(Path(data_dir).expanduser())
+    return next((name for name in ("test", "validation") if name in found), ALL_IMAGES)
+
+
+def evaluate(bundle: str | Path | Predictor, data_dir: str | Path, out_dir: str | Path | None = None,
+             split: str | None = None, labels_csv: str | Path | None = None, device: str = "cpu",
+             tta: str | None = None) -> tuple[dict, Path]:
+    """Score a bundle (run folder, model/ folder, or a loaded Predictor) on the labelled images of `data_dir`:
+    its `split`, by default test, else validation, else every image. Returns the metrics, whose 'split' names
+    the images scored, and the folder written: by default RUN_DIR/evaluation-<data folder>-<split>, or, when
+    that holds an earlier evaluation, the first free one of its -2, -3, ... (said in the log)."""
     from ..predict.predictor import Predictor
 
-    predictor = Predictor.load(bundle, device=device, tta=tta)
+    if isinstance(bundle, Predictor) and tta is not None:
+        raise UsageError(f"tta is chosen when the model is loaded: imgcls.load(path, tta={tta!r})")
+    predictor = bundle if isinstance(bundle, Predictor) else Predictor.load(bundle, device=device, tta=tta)
     samples = find_evaluation_images(data_dir, predictor.classes, split, predictor.config.multi_label, labels_csv)
+    split = _split_scored(data_dir, split, labels_csv)
+    run_dir = predictor.bundle_dir.parent if predictor.bundle_dir is not None else None
+    if out_dir is None and run_dir is None:
+        raise UsageError("this model was not loaded from a folder, so there is no run folder to write into; pass out_dir")
+    # Not RUN_DIR/evaluation: that holds the validation results written by training.
+    out_dir = Path(out_dir) if out_dir else fresh_folder(run_dir / f"evaluation-{Path(data_dir).resolve().name}-{split}")
     decoded = decode_cached([s.path for s in samples], predictor.config.img_size, default_cache_dir())
     samples = [samples[i] for i in decoded.kept]
-    bundle_dir = find_bundle(bundle)
-    # Not RUN_DIR/evaluation: that holds the validation results written by training.
-    out_dir = Path(out_dir) if out_dir else bundle_dir.parent / f"evaluation-{Path(data_dir).resolve().name}"
     logits = predictor.logits(decoded.pixels)
     metrics = write_evaluation(predictor.scores(logits), samples, predictor.config, out_dir,
-                               history_path=bundle_dir.parent / "history.csv",
+                               history_path=run_dir / "history.csv" if run_dir else None, split=split,
                                uncalibrated=None if predictor.config.multi_label else predictor.scores(logits, calibrated=False))
     metrics["skipped"] = [{"path": str(p), "reason": r} for p, r in decoded.failed]
     return metrics, out_dir

@@ -63,6 +63,10 @@ class BundleConfig:
     weights_source: str = "none"  # what training started from: hf-hub:<repo>, file:<path>, bundle:<path> or none
     data_fingerprint: str | None = None
     metrics: dict = field(default_factory=dict)  # validation metrics at save time, for `imgcls serve`
+    # How it was trained: every option as used, the data folder, versions and start time (train.run); a record
+    # only, which loading never acts on. Bundles saved before it have none.
+    settings: dict = field(default_factory=dict)
+    wall_time_s: float | None = None  # training's duration, from its start to this bundle saved
     imgcls_version: str = __version__
 
     @property
@@ -118,8 +122,49 @@ def _remove_stale_staging(folder: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
+HUB_SCHEME = "hf://"  # hf://owner/name[@revision]: a bundle pushed to the Hugging Face Hub (export.hub)
+HUB_BUNDLE_FOLDER = "model"  # where a hub repo holds its bundle, as a run folder does
+
+
+def _hub_snapshot(path: str) -> Path:
+    """The bundle of hf://owner/name[@revision], downloaded into (or, offline, found in) the Hugging Face
+    cache. Only the bundle's own files are fetched, and the folder is then read like any local bundle."""
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import (GatedRepoError, HFValidationError, HfHubHTTPError, LocalEntryNotFoundError,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
+
+    repo_id, _, revision = path.removeprefix(HUB_SCHEME).partition("@")
+    if repo_id.count("/") != 1:
+        raise ImgclsError(f"'{path}' is not a Hub model: write hf://OWNER/NAME, or hf://OWNER/NAME@REVISION")
+    patterns = [f"{HUB_BUNDLE_FOLDER}/{name}" for name in (CONFIG_FILE, WEIGHTS_FILE, LABELS_FILE)]
+    try:
+        snapshot = Path(snapshot_download(repo_id, revision=revision or None, allow_patterns=patterns))
+    except HFValidationError as err:
+        raise ImgclsError(f"'{path}' is not a Hub model name ({first_line(err).rstrip('.')})") from None
+    except RevisionNotFoundError:
+        raise ImgclsError(f"'{path}': {repo_id} has no revision '{revision}'; check the branch, tag or "
+                          "commit") from None
+    except (GatedRepoError, RepositoryNotFoundError):
+        raise ImgclsError(f"'{path}': no model repo {repo_id} on the Hugging Face Hub, or it is private or gated; "
+                          "check the name, or log in with `hf auth login` (or set HF_TOKEN)") from None
+    except LocalEntryNotFoundError as err:
+        if constants.is_offline_mode():
+            raise ImgclsError(f"'{path}' is not in the Hugging Face cache and HF_HUB_OFFLINE is set; unset it to "
+                              "download the model once") from None
+        raise ImgclsError(f"'{path}' could not be downloaded and is not in the Hugging Face cache "
+                          f"({first_line(err)}); check the network and try again") from None
+    except HfHubHTTPError as err:
+        raise ImgclsError(f"'{path}': the Hugging Face Hub answered {first_line(err)}") from None
+    if not (snapshot / HUB_BUNDLE_FOLDER / CONFIG_FILE).is_file():
+        raise ImgclsError(f"'{path}' holds no imgcls bundle ({HUB_BUNDLE_FOLDER}/{CONFIG_FILE} is missing); "
+                          "share one with `imgcls push RUN_DIR OWNER/NAME`")
+    return snapshot / HUB_BUNDLE_FOLDER
+
+
 def find_bundle(path: str | Path) -> Path:
-    """Accept the bundle folder itself or a run folder that holds one in model/."""
+    """Accept the bundle folder itself, a run folder that holds one in model/, or hf://owner/name[@revision]."""
+    if isinstance(path, str) and path.startswith(HUB_SCHEME):
+        return _hub_snapshot(path)
     path = Path(path).expanduser()
     for candidate in (path, path / "model"):
         if (candidate / CONFIG_FILE).is_file():
@@ -167,6 +212,8 @@ FIELD_RULES = {
     "weights_source": (_text, "a string"),
     "data_fingerprint": (lambda v: v is None or _text(v), "null or a string"),
     "metrics": (lambda v: isinstance(v, dict), "an object"),
+    "settings": (lambda v: isinstance(v, dict), "an object"),
+    "wall_time_s": (lambda v: v is None or (_number(v) and v >= 0), "null or a number of seconds, 0 or more"),
     "imgcls_version": (_text, "a string"),
 }
 CHOICES = {"task": TASKS, "resize": RESIZE_MODES, "tta": TTA_MODES}

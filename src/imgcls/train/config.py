@@ -1,7 +1,14 @@
-"""Every training choice in one dataclass; the checkpoint stores it so --resume rebuilds exactly."""
+"""Every training choice in one dataclass; the checkpoint stores it so --resume rebuilds exactly.
+
+A run also writes its settings, every option as used, as a YAML file (train.run names it); here they
+are written and read back, so that `imgcls train --config RUN/args.yaml` trains with the same options.
+"""
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 from ..errors import ImgclsError, UsageError, did_you_mean
 from ..runtime import PRECISIONS
@@ -67,6 +74,7 @@ class TrainConfig:
     val_split: float = 0.2  # used only when the data has no validation folder
     test_split: float = 0.0
     seed: int = 0
+    logger: str = "csv"  # experiment tracking: csv (history.csv only), tensorboard or mlflow (train.tracking)
     report: bool = True  # write report.html at the end (~2 s on small data, ~80 s for CIFAR-10's audit)
     device: str = "auto"  # auto: cuda if available, else cpu
     precision: str = "auto"  # auto: bf16 autocast on CUDA and on CPUs with native bf16, else fp32
@@ -92,9 +100,10 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         from ..data.augment import AUGMENT_PRESETS
         from ..models.classifier import TTA_MODES
+        from ..choices import LOGGERS
 
         for name, choices in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("augment", AUGMENT_PRESETS),
-                              ("mode", MODES), ("tta", TTA_MODES), ("precision", PRECISIONS)):
+                              ("mode", MODES), ("tta", TTA_MODES), ("precision", PRECISIONS), ("logger", LOGGERS)):
             value = getattr(self, name)
             if value not in choices:
                 raise UsageError(f"unknown {name} '{value}'{did_you_mean(value, choices)} (choose from {', '.join(choices)})")
@@ -157,3 +166,102 @@ class TrainConfig:
     def from_dict(cls, values: dict) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
+
+    @classmethod
+    def from_options(cls, options: dict, recipe: str | None = None) -> "TrainConfig":
+        """A config from keyword options named as its fields (imgcls.train(data, epochs=5)), over a recipe's
+        defaults when one is named. An unknown name is a UsageError suggesting the close ones."""
+        known = [f.name for f in fields(cls)]
+        for name in options:
+            if name not in known:
+                raise UsageError(f"unknown training option '{name}'{did_you_mean(name, known)} "
+                                 "(the options are the fields of imgcls.train.config.TrainConfig)")
+        return cls.from_recipe(recipe, **options) if recipe else cls(**options)
+
+
+# Settings files --------------------------------------------------------------------------------------
+# Flat `key: value` lines, each value written as JSON: a JSON scalar or list is also YAML, so any YAML
+# reader loads the file, while reading it back here is json.loads, never a YAML loader (no tags, no
+# objects). Written by hand because PyYAML is not a dependency and flat lines need none.
+
+DATA_KEY = "data"  # the data folder the run trained on
+# Kept as a record of the run and ignored when training again: what it ran on, when, and for how long.
+RECORD_KEYS = ("data_fingerprint", "started_at", "wall_time_s", "imgcls_version", "torch_version",
+               "timm_version", "python_version")
+# Characters YAML takes for line breaks that JSON leaves unescaped, and YAML's spellings of the floats JSON lacks.
+YAML_LINE_BREAKS = {"\u0085": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+YAML_SPECIAL_FLOATS = {".nan": math.nan, ".inf": math.inf, "-.inf": -math.inf}
+YAML_WORDS = {"": None, "~": None, "null": None, "true": True, "false": False, "True": True, "False": False,
+              **YAML_SPECIAL_FLOATS}
+
+
+def _yaml_value(value) -> str:
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return ".nan" if math.isnan(value) else ".inf" if value > 0 else "-.inf"
+        mantissa, e, exponent = repr(value).partition("e")
+        return (mantissa if "." in mantissa else mantissa + ".0") + e + exponent  # PyYAML reads 1e-05 as a string
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(map(_yaml_value, value)) + "]"
+    text = json.dumps(value, ensure_ascii=False)
+    for raw, escaped in YAML_LINE_BREAKS.items():
+        text = text.replace(raw, escaped)
+    return text
+
+
+def settings_yaml(settings: dict, comment: str = "") -> str:
+    """`settings` (flat: scalars and lists) as YAML, after `comment` as # lines."""
+    head = "".join(f"# {line}".rstrip() + "\n" for line in comment.splitlines())
+    return head + "".join(f"{key}: {_yaml_value(value)}\n" for key, value in settings.items())
+
+
+def _parse_yaml_value(text: str, where: str):
+    text = text.strip()
+    if text in YAML_WORDS:
+        return YAML_WORDS[text]
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    if " #" in text:  # a comment after the value, as a person may add one
+        return _parse_yaml_value(text.split(" #", 1)[0], where)
+    if len(text) >= 2 and text[0] == text[-1] == "'":
+        return text[1:-1].replace("''", "'")
+    if text[0] in "\"'[]{}&*!|>%@`,":
+        raise UsageError(f"{where}: cannot read the value {text!r}; write strings in double quotes and lists "
+                         'as [1, 2] or ["a", "b"]')
+    return text  # a plain word: `model: resnet18`
+
+
+def parse_settings_yaml(text: str, where: str) -> dict:
+    """The flat `key: value` lines settings_yaml writes (or a person edits), back as a dict; `where` names the
+    file in errors."""
+    settings: dict = {}
+    for number, line in enumerate(text.replace("\r\n", "\n").split("\n"), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        key, colon, value = line.partition(":")
+        if not colon or not key.isidentifier() or line[0].isspace():
+            raise UsageError(f"{where} line {number}: expected a flat `name: value` line, got {line.strip()[:80]!r}")
+        if key in settings:
+            raise UsageError(f"{where} line {number}: '{key}' is set twice")
+        settings[key] = _parse_yaml_value(value, f"{where} line {number}")
+    return settings
+
+
+def read_settings(path: str | Path) -> tuple[str | None, dict]:
+    """The data folder and the training options of a settings file (a run's args.yaml), to train again
+    with them; the record of the run it holds (versions, times) is left out."""
+    path = Path(path).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, ValueError) as err:
+        raise UsageError(f"cannot read the settings file '{path}': {err}") from None
+    settings = parse_settings_yaml(text, str(path))
+    data = settings.pop(DATA_KEY, None)
+    options = {key: value for key, value in settings.items() if key not in RECORD_KEYS}
+    known = [f.name for f in fields(TrainConfig)]
+    for name in options:
+        if name not in known:
+            raise UsageError(f"'{path}': unknown training option '{name}'{did_you_mean(name, known + [DATA_KEY])}")
+    return data, options

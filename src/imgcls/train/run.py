@@ -1,6 +1,9 @@
 """`imgcls train`: folder of images -> trained, evaluated bundle in RUN_DIR.
 
-RUN_DIR/ model/ (the bundle)  history.csv  checkpoint.pt  data.json  evaluation/
+RUN_DIR/ model/ (the bundle)  history.csv  checkpoint.pt  data.json  args.yaml  evaluation/
+
+args.yaml holds the settings the run used, automatic choices resolved: `imgcls train --config
+RUN_DIR/args.yaml` trains with them again. The bundle's config.json keeps the same record.
 
 Under torchrun every process runs `train`: each machine's first process decodes into the decode
 cache while the others wait, then all map it; they train together (loop.Trainer) and only
@@ -10,13 +13,16 @@ from __future__ import annotations
 
 import json
 import logging
+import platform
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .. import __version__
 from ..data.audit import find_leakage
 from ..data.augment import build_augment
 from ..data.cache import decode_cached, default_cache_dir
@@ -33,14 +39,16 @@ from ..models.builtin import WhiteningConv
 from ..models.classifier import IMAGENET_MEAN, IMAGENET_STD, Classifier
 from ..models.registry import check_model_name, create_model
 from ..models.weights import WeightsUnavailable, load_weights, pretrained_source
-from ..runtime import keep_freed_memory, resolve_device
+from ..runtime import compute_dtype, keep_freed_memory, resolve_device
 from .calibration import fit_temperature
 from .callbacks import CHECKPOINT_FILE, Checkpoint, EarlyStopping, EpochLog, HistoryCSV, Lookahead, ProgressBar, write_history
-from .config import TrainConfig
-from .defaults import choose_img_size, choose_model, choose_schedule, median_side, scratch_fallback
+from .config import DATA_KEY, TrainConfig, settings_yaml
+from .defaults import (MIN_BATCH, MIN_STEPS_PER_EPOCH, choose_img_size, choose_model, choose_schedule, median_side,
+                       scratch_fallback)
 from .loop import Trainer, count_correct, make_loss, predict_logits
 from .probe import fit_linear_probe
 from .time_budget import fit_epochs_to_budget
+from .tracking import Tracker, make_tracker
 from .transfer import (SMALL_BATCH, UnfreezeBackbone, classifier_head, frozen_early_layers, head_inputs, layer_lr_scales,
                        set_backbone_trainable)
 
@@ -253,7 +261,8 @@ def _fit_probe_head(model: Classifier, config: TrainConfig, train_set: DecodedSp
 
 
 def _make_trainer(model: Classifier, config: TrainConfig, train_set: DecodedSplit, val_set: DecodedSplit,
-                  run_dir: Path, device: torch.device, progress: bool, probe: ProbeResult | None, ranks: Ranks) -> Trainer:
+                  run_dir: Path, device: torch.device, progress: bool, probe: ProbeResult | None, ranks: Ranks,
+                  tracker: Tracker | None) -> Trainer:
     """The trainer for the mode: the whole network, the network but its frozen early layers
     (fine-tuning), or only the head on a frozen backbone."""
     mode, num_classes, img_size = config.resolved_mode(), train_set.targets.shape[1], train_set.pixels.shape[1]
@@ -263,7 +272,8 @@ def _make_trainer(model: Classifier, config: TrainConfig, train_set: DecodedSpli
         early_stopping.start_from(probe.val_loss, model)
     main = ranks.is_main  # one process shows and writes
     callbacks = ([ProgressBar()] if progress and main else []) + ([Lookahead()] if config.lookahead else []) + (
-        [EpochLog()] if main else []) + [early_stopping] + ([HistoryCSV(run_dir), Checkpoint(run_dir)] if main else [])
+        [EpochLog()] if main else []) + [early_stopping] + ([HistoryCSV(run_dir), Checkpoint(run_dir)] if main else []) + (
+        [tracker] if tracker is not None else [])
     augment = build_augment(config.augment, img_size, num_classes, config.multi_label)
     train_batches = Batches(train_set.pixels, train_set.targets, config.batch_size, shuffle=True, device=device,
                             seed=config.seed, alternating_flip=augment.alternating_flip, ranks=ranks)
@@ -285,9 +295,11 @@ def _make_trainer(model: Classifier, config: TrainConfig, train_set: DecodedSpli
                    lr_scales, ranks)
 
 
-def _finish(model: Classifier, config: TrainConfig, dataset: LabelledImages, val_set: DecodedSplit,
-            run_dir: Path, device: torch.device, weights_source: str, probe: ProbeResult | None) -> tuple[Path, dict]:
-    """Calibrate on validation, evaluate, and save the bundle."""
+def _finish(model: Classifier, config: TrainConfig, dataset: LabelledImages, val_set: DecodedSplit, run_dir: Path,
+            device: torch.device, weights_source: str, probe: ProbeResult | None, settings: dict,
+            started: float) -> tuple[Path, dict]:
+    """Calibrate on validation, evaluate, and save the bundle, with the run's `settings` and its wall
+    time since `started` (time.perf_counter) in the bundle and in args.yaml."""
     logits, _ = predict_logits(model, Batches(val_set.pixels, val_set.targets, max(config.batch_size, FEATURE_BATCH), device=device),
                                tta=config.tta)
     temperature = 1.0 if config.multi_label else fit_temperature(logits, val_set.targets.argmax(1))
@@ -298,28 +310,66 @@ def _finish(model: Classifier, config: TrainConfig, dataset: LabelledImages, val
         task="multi-label" if config.multi_label else "single-label", temperature=temperature,
         thresholds=tune_thresholds(val_set.targets.numpy(), probs).tolist() if config.multi_label else None,
         data_fingerprint=dataset.fingerprint(), tta=config.tta, training_mode=config.resolved_mode(),
-        weights_source=weights_source,
+        weights_source=weights_source, settings=settings,
     )
     metrics = write_evaluation(probs, val_set.samples, bundle_config, run_dir / "evaluation", run_dir / "history.csv",
-                               uncalibrated=None if config.multi_label else logits.softmax(1).numpy())
+                               uncalibrated=None if config.multi_label else logits.softmax(1).numpy(), split="validation")
     bundle_config.metrics = {k: metrics[k] for k in ("accuracy", "mAP", "macro_avg", "ece") if k in metrics}
     if probe is not None:  # the floor a transferred model must beat, reported beside it
         bundle_config.metrics["linear_probe_accuracy"] = probe.val_accuracy
+    bundle_config.wall_time_s = round(time.perf_counter() - started, 1)
+    _write_settings(run_dir, settings, bundle_config.wall_time_s)
     return save_bundle(model.cpu(), bundle_config, run_dir / "model"), metrics
 
 
-def train(data_dir: str | Path | None, run_dir: str | Path, config: TrainConfig | None = None,
+ARGS_FILE = "args.yaml"
+
+
+def _settings(config: TrainConfig, device: torch.device, data_dir: Path, fingerprint: str, started_at: str) -> dict:
+    """Every option as the run used it, automatic choices resolved, so that training again with them
+    (`--config args.yaml`) makes the same choices; then the record of what it ran on (config.RECORD_KEYS).
+    A --time budget is resolved too: into the epochs it chose."""
+    used = replace(config, lr=config.resolved_lr(), weight_decay=config.resolved_weight_decay(),
+                   mode=config.resolved_mode(), time_budget_s=None,
+                   device=device.type if config.device == "auto" else config.device,
+                   precision="fp32" if compute_dtype(device, config.precision) is None else "bf16")
+    import timm  # lazily, as models.registry imports it
+
+    return {DATA_KEY: str(data_dir), **asdict(used), "data_fingerprint": fingerprint, "started_at": started_at,
+            "imgcls_version": __version__, "torch_version": torch.__version__, "timm_version": timm.__version__,
+            "python_version": platform.python_version()}
+
+
+def _write_settings(run_dir: Path, settings: dict, wall_time_s: float) -> None:
+    comment = (f"The settings of this run, automatic choices resolved, and what it ran on. To train with them again:\n"
+               f"  imgcls train --config {run_dir / ARGS_FILE} --out NEW_RUN_DIR\n"
+               "Options given on that command line win over these; the record below the options is not read back.")
+    atomic_write_bytes(run_dir / ARGS_FILE, settings_yaml({**settings, "wall_time_s": wall_time_s}, comment).encode())
+
+
+def default_run_dir(data_dir: str | Path) -> Path:
+    """runs/<data folder name>, or the first of runs/<name>-2, -3, ... not taken: a new run never lands in an old one."""
+    base = Path("runs") / (Path(data_dir).resolve().name or "run")
+    candidate, n = base, 2
+    while candidate.exists():
+        candidate, n = base.with_name(f"{base.name}-{n}"), n + 1
+    return candidate
+
+
+def train(data_dir: str | Path | None, run_dir: str | Path | None = None, config: TrainConfig | None = None,
           resume: bool = False, progress: bool = True) -> TrainResult:
-    """Train on `data_dir` and write the bundle and evaluation to `run_dir`.
-    With resume=True the configuration and data folder come from run_dir's checkpoint."""
-    run_dir = Path(run_dir)
+    """Train on `data_dir` and write the bundle, evaluation and settings to `run_dir` (default: a new
+    runs/<data folder name>). With resume=True the configuration and data folder come from run_dir's checkpoint."""
+    if run_dir is None and (resume or data_dir is None):
+        raise ImgclsError("no run folder given" if resume else "no data folder given")
+    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(data_dir)
     state = _resume_state(run_dir) if resume else None
     if state is not None:
         config, data_dir = TrainConfig.from_dict(state["config"]), data_dir or state["data_dir"]
     if data_dir is None:
         raise ImgclsError("no data folder given")
     data_dir = Path(data_dir).expanduser().resolve()  # stored in the checkpoint: --resume may run from another folder
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), datetime.now(timezone.utc).isoformat(timespec="seconds")
     keep_freed_memory()
     source = read_bundle_config(config.init_from) if config is not None and config.init_from else None
     config = _absolute_paths(_start_config(config, source))
@@ -342,8 +392,8 @@ def train(data_dir: str | Path | None, run_dir: str | Path, config: TrainConfig 
     _check_every_class_readable(dataset, train_set)
     val_set = _decode_split(dataset.splits["validation"], img_size, num_classes, config.workers, "validation", ranks)
     if state is None:
+        _warn_about_batch_size(len(train_set.samples), config.batch_size)  # a given one; choose_schedule fits its own
         config = choose_schedule(config, len(train_set.samples)).validate()
-    _warn_about_batch_size(len(train_set.samples), config.batch_size)
     if state is None and config.resolved_mode() == "scratch":
         _fit_whitening(model, train_set.pixels, config.seed)
     model = _synchronise_batchnorm(model.to(device).to(memory_format=torch.channels_last), config, ranks, device)
@@ -351,6 +401,8 @@ def train(data_dir: str | Path | None, run_dir: str | Path, config: TrainConfig 
     if ranks.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         _write_data_summary(run_dir, dataset, data_dir, img_size, skipped, config)
+    tracker = (make_tracker(config.logger, run_dir, _settings(config, device, data_dir, dataset.fingerprint(), started_at))
+               if ranks.is_main else None)
 
     loss_fn = make_loss(config, None)
     probe = None
@@ -358,21 +410,28 @@ def train(data_dir: str | Path | None, run_dir: str | Path, config: TrainConfig 
         probe = _fit_probe_head(model, config, train_set, val_set, device, loss_fn, ranks)
     if config.resolved_mode() == "freeze" and config.augment == "none" and config.cache_features:
         history = _probe_history(run_dir, probe) if ranks.is_main else []  # the probe is the optimum of the head on fixed features: done
+        if tracker is not None:
+            tracker.on_epoch_end(None, history[0])
     else:
-        trainer = _make_trainer(model, config, train_set, val_set, run_dir, device, progress, probe, ranks)
+        trainer = _make_trainer(model, config, train_set, val_set, run_dir, device, progress, probe, ranks, tracker)
         if state is not None:
             trainer.load_state_dict(state)
             log.info("resuming %s after epoch %d of %d", run_dir, trainer.epoch, config.epochs)
         elif config.time_budget_s is not None:
             trainer = fit_epochs_to_budget(trainer, config.time_budget_s - (time.perf_counter() - started),
                                            lambda epochs: _make_trainer(model, replace(config, epochs=epochs), train_set,
-                                                                        val_set, run_dir, device, progress, probe, ranks))
+                                                                        val_set, run_dir, device, progress, probe, ranks,
+                                                                        tracker))
             config = trainer.config
         trainer.extra_state = {"data_dir": str(data_dir), "img_size": img_size}
         history = trainer.fit()
     if not ranks.is_main:  # process 0 evaluates and saves
         return TrainResult(run_dir, run_dir / "model", {}, history, skipped)
-    bundle_dir, metrics = _finish(model, config, dataset, val_set, run_dir, device, start.weights_source, probe)
+    settings = _settings(config, device, data_dir, dataset.fingerprint(), started_at)
+    bundle_dir, metrics = _finish(model, config, dataset, val_set, run_dir, device, start.weights_source, probe,
+                                  settings, started)
+    plots = {name: run_dir / "evaluation" / f"{name}.png" for name in ("confusion_matrix", "learning_curves")}
+    tracker.finish(metrics, {name: path for name, path in plots.items() if path.is_file()})
     if config.report:
         _write_report(run_dir, device)
     log.info("trained in %.0fs", time.perf_counter() - started)
@@ -397,12 +456,17 @@ def _write_report(run_dir: Path, device: torch.device) -> None:
         log.warning("report.html not written (%s: %s); run `imgcls report %s`", type(err).__name__, err, run_dir)
 
 
-def _warn_about_batch_size(images: int, batch_size: int) -> None:
+def _warn_about_batch_size(images: int, batch_size: int | None) -> None:
+    """Warn when a batch size the user gave (--batch-size, or a recipe's) leaves an epoch too few steps; None, the
+    default, is fitted to the data instead (defaults.choose_schedule)."""
+    if batch_size is None:
+        return
     steps = -(-images // batch_size)
     if steps < FEW_STEPS:
-        suggested = max(8, 1 << max(0, (images // 8).bit_length() - 1))  # a power of two giving 8 steps or more
-        log.warning("%d training images make %d step%s of batch %d per epoch, too few to learn much; "
-                    "use --batch-size %d or smaller", images, steps, "" if steps == 1 else "s", batch_size, suggested)
+        suggested = max(MIN_BATCH, 1 << max(0, (images // MIN_STEPS_PER_EPOCH).bit_length() - 1))  # a power of two
+        advice = f"use --batch-size {suggested} or smaller" if suggested < batch_size else "more images would help"
+        log.warning("%d training images make %d step%s of batch %d per epoch, too few to learn much; %s",
+                    images, steps, "" if steps == 1 else "s", batch_size, advice)
 
 
 def _warn_about_data(dataset: LabelledImages) -> None:
