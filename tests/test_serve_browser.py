@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import re
-import shutil
 import socket
 import threading
 import time
@@ -46,29 +45,21 @@ def running(app):
 
 
 @pytest.fixture(scope="module")
-def served_run(trained_run, tmp_path_factory):
-    run = tmp_path_factory.mktemp("served")  # the server keeps its look-alike index beside the bundle
-    shutil.copytree(trained_run.bundle_dir, run / "model")
-    shutil.copy(trained_run.run_dir / "data.json", run / "data.json")
-    return run
-
-
-@pytest.fixture(scope="module")
-def server(served_run):
+def server(run_copy):
     """The app under uvicorn, stopped after the module."""
     from imgcls.serve.app import create_app
 
-    with running(create_app(served_run, device="cpu")) as url:
+    with running(create_app(run_copy, device="cpu")) as url:
         yield url
 
 
 @pytest.fixture(scope="module")
-def strict_server(served_run):
+def strict_server(run_copy):
     """A server with small limits: 50 kB per request, 1 Mpx per image."""
     from imgcls.serve.app import create_app
     from imgcls.serve.config import ServeConfig
 
-    with running(create_app(served_run, ServeConfig(max_upload_mb=0.05, max_megapixels=1), device="cpu")) as url:
+    with running(create_app(run_copy, ServeConfig(max_upload_mb=0.05, max_megapixels=1), device="cpu")) as url:
         yield url
 
 
