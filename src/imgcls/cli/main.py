@@ -415,22 +415,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run_dir_names(data: str):
-    """Where `imgcls train DATA` without --out writes: runs/<data folder name>, else the first free of -2, -3, ..."""
-    base = Path("runs") / (Path(data).resolve().name or "run")
-    yield base
-    for n in itertools.count(2):
-        yield base.with_name(f"{base.name}-{n}")
-
-
-def _default_run_dir(data: str) -> Path:
-    return next(path for path in _run_dir_names(data) if not path.exists())
-
-
 def _launch_processes(args) -> int:
     """--nproc N: this same command as N processes under torchrun, all writing one run folder,
     which is therefore decided here (a restarted job finds its checkpoint there)."""
     from .. import distributed
+    from ..train.run import default_run_dir
 
     if distributed.from_environment().active:
         raise UsageError("--nproc starts the processes itself; under torchrun leave it out")
@@ -439,7 +428,7 @@ def _launch_processes(args) -> int:
     if not args.resume:
         if args.data is None:
             raise UsageError("train needs a data folder: imgcls train DATA (or --resume RUN_DIR)")
-        run_dir = args.out or _default_run_dir(args.data)
+        run_dir = args.out or default_run_dir(args.data)
         _refuse_existing_run(run_dir)
         argv = distributed.without_option(argv, "--out") + ["--out", str(run_dir)]
     distributed.launch(args.nproc, args.max_restarts, argv, run_dir)
@@ -455,7 +444,7 @@ def cmd_train(args) -> int:
     from .. import distributed
     from ..runtime import resolve_device
     from ..train.config import TrainConfig, read_settings
-    from ..train.run import train
+    from ..train.run import default_run_dir, train
 
     file_data, file_options = read_settings(args.config) if args.config else (None, {})
     args.data = args.data or file_data  # DATA given here wins over the file's, as every option does
@@ -465,7 +454,7 @@ def cmd_train(args) -> int:
     config = TrainConfig.from_options({**file_options, **given}, args.recipe)
     # Under torchrun every process runs this; they agree on one run folder, process 0's.
     ranks, _ = distributed.join(resolve_device(config.device))
-    run_dir = args.resume or distributed.broadcast_object(args.out or (_default_run_dir(args.data) if args.data else None), ranks)
+    run_dir = args.resume or distributed.broadcast_object(args.out or (default_run_dir(args.data) if args.data else None), ranks)
     if args.resume or (distributed.restarted() and (run_dir / "checkpoint.pt").exists()):  # torchrun --max-restarts
         result = train(args.data, run_dir, resume=True, progress=not args.no_progress)
     else:
@@ -746,8 +735,10 @@ def _interrupted_run(args, started_s: float) -> Path | None:
         return args.resume
     if args.out:  # refused at the start if it held a run already, so a checkpoint there is this run's
         candidates = [args.out]
-    else:  # _default_run_dir took the first free name; --nproc passed it on to the processes as --out
-        candidates = itertools.takewhile(Path.exists, _run_dir_names(args.data)) if args.data else []
+    else:  # default_run_dir took the first free name; --nproc passed it on to the processes as --out
+        from ..train.run import run_dir_names
+
+        candidates = itertools.takewhile(Path.exists, run_dir_names(args.data)) if args.data else []
     for run_dir in candidates:
         checkpoint = run_dir / CHECKPOINT
         if checkpoint.is_file() and checkpoint.stat().st_mtime >= started_s - 2:  # FAT and SMB stamp to 2 s

@@ -11,6 +11,7 @@ process 0 writes the run folder, logs and the bundle.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import platform
@@ -18,6 +19,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -347,13 +349,17 @@ def _write_settings(run_dir: Path, settings: dict, wall_time_s: float) -> None:
     atomic_write_bytes(run_dir / ARGS_FILE, settings_yaml({**settings, "wall_time_s": wall_time_s}, comment).encode())
 
 
-def default_run_dir(data_dir: str | Path) -> Path:
-    """runs/<data folder name>, or the first of runs/<name>-2, -3, ... not taken: a new run never lands in an old one."""
+def run_dir_names(data_dir: str | Path) -> Iterator[Path]:
+    """Where a run on `data_dir` without a chosen folder may go, in order: runs/<data folder name>, -2, -3, ..."""
     base = Path("runs") / (Path(data_dir).resolve().name or "run")
-    candidate, n = base, 2
-    while candidate.exists():
-        candidate, n = base.with_name(f"{base.name}-{n}"), n + 1
-    return candidate
+    yield base
+    for n in itertools.count(2):
+        yield base.with_name(f"{base.name}-{n}")
+
+
+def default_run_dir(data_dir: str | Path) -> Path:
+    """The first of run_dir_names not taken: a new run never lands in an old one."""
+    return next(path for path in run_dir_names(data_dir) if not path.exists())
 
 
 def train(data_dir: str | Path | None, run_dir: str | Path | None = None, config: TrainConfig | None = None,
