@@ -221,6 +221,17 @@ def test_predict_command_takes_an_hf_path(capsys, hub_cache, trained_run, digits
     assert code == 0 and json.loads(out) == json.loads(local)
 
 
+def test_what_commands_derive_from_a_hub_bundle_goes_to_a_run_folder_here_not_into_the_cache(
+        capsys, hub_cache, digits_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    image = sorted((digits_dir / "predict").glob("*.png"))[0]
+    assert run_cli(capsys, "explain", f"hf://{REPO}@v2", image)[0] == 0
+    assert run_cli(capsys, "evaluate", f"hf://{REPO}", digits_dir)[0] == 0
+    run = tmp_path / "runs" / REPO.replace("/", "--")
+    assert (run / "explanations").is_dir() and list(run.glob("evaluation-*-test"))
+    assert not [p for p in hub_cache.rglob("*") if p.name in ("explanations", "similar") or p.name.startswith("evaluation")]
+
+
 def test_uncached_repo_offline_is_one_line_error(capsys, hub_cache, digits_dir):
     image = sorted((digits_dir / "predict").glob("*.png"))[0]
     code, out, err = run_cli(capsys, "predict", "hf://someone/absent", image)

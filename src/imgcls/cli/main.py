@@ -631,7 +631,7 @@ def cmd_explain(args) -> int:
     check_method(args.method)
     predictor = Predictor.load(args.bundle, device=args.device)
     explanations = explain(predictor, expand_inputs(args.inputs), args.method, args.class_name, args.layer)
-    out_dir = fresh_folder(args.out or predictor.bundle_dir.parent / "explanations")  # the run folder, as evaluate's
+    out_dir = fresh_folder(args.out or predictor.run_dir / "explanations")  # the run folder, as evaluate's
     written = save_explanations(explanations, out_dir, predictor.config.multi_label or args.class_name is not None)
     print("\n".join(f"{path}  {item.label} {item.score:.1%}" for item, path in zip(explanations, written)))
     if args.faithfulness:
@@ -665,7 +665,7 @@ def cmd_similar(args) -> int:
     paths = expand_inputs(args.inputs)
     predictor = Predictor.load(args.bundle, device=args.device)
     results = find_similar(predictor, paths, args.k, args.data, bundle_dir=predictor.bundle_dir)
-    out_dir = fresh_folder(args.out or predictor.bundle_dir.parent / "similar")  # the run folder, as evaluate's
+    out_dir = fresh_folder(args.out or predictor.run_dir / "similar")  # the run folder, as evaluate's
     written = save_similar(predictor, paths, results, out_dir)
     print(json.dumps([{"path": str(p), "similar": r} for p, r in zip(paths, results)], indent=2, ensure_ascii=False))
     log.info("side-by-side images and similar.json in %s: %s", out_dir, ", ".join(p.name for p in written))

@@ -104,7 +104,7 @@ def evaluate(bundle: str | Path | Predictor, data_dir: str | Path, out_dir: str 
     predictor = bundle if isinstance(bundle, Predictor) else Predictor.load(bundle, device=device, tta=tta)
     samples = find_evaluation_images(data_dir, predictor.classes, split, predictor.config.multi_label, labels_csv)
     split = _split_scored(data_dir, split, labels_csv)
-    run_dir = predictor.bundle_dir.parent if predictor.bundle_dir is not None else None
+    run_dir = predictor.run_dir
     if out_dir is None and run_dir is None:
         raise UsageError("this model was not loaded from a folder, so there is no run folder to write into; pass out_dir")
     # Not RUN_DIR/evaluation: that holds the validation results written by training.

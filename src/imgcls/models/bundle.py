@@ -161,6 +161,14 @@ def _hub_snapshot(path: str) -> Path:
     return snapshot / HUB_BUNDLE_FOLDER
 
 
+def outputs_folder(path: str | Path) -> Path:
+    """Where commands write what they derive from the bundle at `path` (evaluations, maps, look-alikes): its
+    run folder; for a Hub bundle, which lives in the Hugging Face cache, runs/<owner>--<name> here."""
+    if isinstance(path, str) and path.startswith(HUB_SCHEME):
+        return Path("runs") / path.removeprefix(HUB_SCHEME).partition("@")[0].replace("/", "--")
+    return find_bundle(path).parent
+
+
 def find_bundle(path: str | Path) -> Path:
     """Accept the bundle folder itself, a run folder that holds one in model/, or hf://owner/name[@revision]."""
     if isinstance(path, str) and path.startswith(HUB_SCHEME):

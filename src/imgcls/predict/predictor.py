@@ -12,7 +12,7 @@ from ..data.cache import decode_cached, default_cache_dir
 from ..data.images import ImageSource, UnreadableImage, decode_image, file_error, split_batch
 from ..data.loader import to_model_input
 from ..errors import UsageError
-from ..models.bundle import BundleConfig, find_bundle, load_bundle
+from ..models.bundle import BundleConfig, find_bundle, load_bundle, outputs_folder
 from ..models.classifier import TTA_MODES, tta_logits
 from ..runtime import resolve_device
 
@@ -53,24 +53,26 @@ class Predictor:
         self.classes = config.classes
         self.tta: str = config.tta  # classifier.TTA_MODES
         self.bundle_dir: Path | None = None  # where look-alike indexes are stored
+        self.run_dir: Path | None = None  # where evaluations, maps and look-alikes go (bundle.outputs_folder)
         self.batch_size = BATCH_SIZE  # of predict and predict_chunks (see BATCH_SIZE)
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", engine: str = "torch", tta: str | None = None) -> "Predictor":
         """tta: one of classifier.TTA_MODES; None uses the bundle's (its training recipe's) choice."""
         device = resolve_device(device)
+        bundle_dir = find_bundle(path)  # once: a Hub bundle asks the Hub for its revision
         if engine == "torch":
-            model, config = load_bundle(path, device)
+            model, config = load_bundle(bundle_dir, device)
         elif engine == "onnx":
             from ..export.session import load_onnx  # onnxruntime loads only for those who ask for it
 
-            model, config = load_onnx(path, device)
+            model, config = load_onnx(bundle_dir, device)
         else:
             raise UsageError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
         if tta is not None and tta not in TTA_MODES:
             raise UsageError(f"unknown test-time augmentation {tta!r}; use one of {', '.join(TTA_MODES)}")
         predictor = cls(model, config, device)
-        predictor.tta, predictor.bundle_dir = tta or config.tta, find_bundle(path)
+        predictor.tta, predictor.bundle_dir, predictor.run_dir = tta or config.tta, bundle_dir, outputs_folder(path)
         return predictor
 
     @torch.inference_mode()
