@@ -308,7 +308,7 @@ def _check_can_upload(token: str | None) -> None:
     """Fail before staging anything when an upload cannot happen: offline, or no token."""
     from huggingface_hub import constants, get_token
 
-    if constants.is_offline_mode():
+    if constants.HF_HUB_OFFLINE:
         raise ImgclsError("HF_HUB_OFFLINE is set, so nothing can be uploaded; unset it to push, or write the "
                           "files with --dry-run DIR")
     if not (token or get_token()):

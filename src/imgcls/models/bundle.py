@@ -148,7 +148,7 @@ def _hub_snapshot(path: str) -> Path:
         raise ImgclsError(f"'{path}': no model repo {repo_id} on the Hugging Face Hub, or it is private or gated; "
                           "check the name, or log in with `hf auth login` (or set HF_TOKEN)") from None
     except LocalEntryNotFoundError as err:
-        if constants.is_offline_mode():
+        if constants.HF_HUB_OFFLINE:
             raise ImgclsError(f"'{path}' is not in the Hugging Face cache and HF_HUB_OFFLINE is set; unset it to "
                               "download the model once") from None
         raise ImgclsError(f"'{path}' could not be downloaded and is not in the Hugging Face cache "
