@@ -164,11 +164,6 @@ def gather_rows(local: torch.Tensor, ranks: Ranks) -> torch.Tensor:
     return torch.cat([part[: int(size)] for part, size in zip(parts, sizes)]).to(local.device)
 
 
-def leave() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
-
-
 def restarted() -> bool:
     """True in a process torchrun's elastic agent started again after a failure (--max-restarts)."""
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0

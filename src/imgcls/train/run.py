@@ -385,6 +385,7 @@ def train(data_dir: str | Path | None, run_dir: str | Path | None = None, config
 
     dataset = discover(data_dir, config.val_split, config.test_split, config.seed, config.multi_label, config.labels_csv,
                        config.manifest)
+    fingerprint = dataset.fingerprint()  # a stat of every file: taken once, as the run starts
     if ranks.is_main:
         _warn_about_data(dataset)
     num_classes = len(dataset.classes)
@@ -407,7 +408,7 @@ def train(data_dir: str | Path | None, run_dir: str | Path | None = None, config
     if ranks.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         _write_data_summary(run_dir, dataset, data_dir, img_size, skipped, config)
-    tracker = (make_tracker(config.logger, run_dir, _settings(config, device, data_dir, dataset.fingerprint(), started_at))
+    tracker = (make_tracker(config.logger, run_dir, _settings(config, device, data_dir, fingerprint, started_at))
                if ranks.is_main else None)
 
     loss_fn = make_loss(config, None)
@@ -433,7 +434,7 @@ def train(data_dir: str | Path | None, run_dir: str | Path | None = None, config
         history = trainer.fit()
     if not ranks.is_main:  # process 0 evaluates and saves
         return TrainResult(run_dir, run_dir / "model", {}, history, skipped)
-    settings = _settings(config, device, data_dir, dataset.fingerprint(), started_at)
+    settings = _settings(config, device, data_dir, fingerprint, started_at)
     bundle_dir, metrics = _finish(model, config, dataset, val_set, run_dir, device, start.weights_source, probe,
                                   settings, started)
     plots = {name: run_dir / "evaluation" / f"{name}.png" for name in ("confusion_matrix", "learning_curves")}
