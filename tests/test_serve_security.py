@@ -19,7 +19,7 @@ from imgcls.errors import ImgclsError
 from imgcls.serve import server, service
 from imgcls.serve.app import create_app
 from imgcls.serve.config import ServeConfig
-from imgcls.serve.server import trusted_hosts
+from imgcls.serve.hosts import answers, host_name, trusted_hosts
 
 
 def png_bytes(image: Image.Image, **save) -> bytes:
@@ -247,3 +247,11 @@ def test_an_error_that_names_a_server_file_reaches_the_client_by_file_name_only(
         response = client.post("/predict", files=[upload("three.png", digit)])
     assert response.status_code == 422
     assert response.json()["detail"] == "the model file 'model.onnx' is damaged; export it again"
+
+
+@pytest.mark.parametrize("header, answered", [
+    ("LocalHost:8000", True), ("[::1]:8000", True), ("api.example.com", True),
+    ("example.com", False), ("evil.com:80", False), ("[::1", False), ("", False),
+])
+def test_a_host_header_is_read_as_a_name_and_a_port(header, answered):
+    assert answers(host_name(header), ("localhost", "[::1]", "*.example.com")) is answered

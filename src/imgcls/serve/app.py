@@ -29,7 +29,6 @@ require("serve", "fastapi")  # first: without the serve extra, one line naming i
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.middleware.cors import CORSMiddleware
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from .. import __version__
 from ..data.images import UnreadableImage
@@ -38,6 +37,7 @@ from ..explain.maps import Explanation, to_png
 from ..explain.overlay import overlay
 from .batching import Backend
 from .config import ServeConfig
+from .hosts import HostCheck
 from .docs import DOCS_POLICY, docs_html
 from .service import SERVED_METHODS, ModelService, TooManyPixels, load_models
 from .uploads import read_uploads, upload_schema
@@ -81,7 +81,7 @@ def create_app(bundle: str | Path, config: ServeConfig | None = None, device: st
     if config.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["GET", "POST"])
     # Added last, so it runs first: a request for a foreign Host gets its 400 before anything else.
-    app.add_middleware(TrustedHostMiddleware, allowed_hosts=config.allowed_hosts or ["*"], www_redirect=False)
+    app.add_middleware(HostCheck, allowed=config.allowed_hosts)
     app.add_exception_handler(ImgclsError, _user_error)
     app.add_exception_handler(TooManyPixels, _too_many_pixels)
     app.add_exception_handler(UnreadableImage, _unusable_image)

@@ -29,7 +29,7 @@ class ServeConfig:
     max_batch: int = 16
     batch_window_ms: float = 2.0  # how long a request waits for others to join its batch: short next to a model call
     thumbnail_px: int = 96  # longest side of a look-alike thumbnail in /similar
-    # Host header names answered (Starlette's TrustedHostMiddleware: exact, '*.example.com' or '*'); any other
+    # Host header names answered (hosts.HostCheck: exact, '*.example.com' or '*'); any other
     # gets 400, which stops DNS rebinding. Empty: any Host. `serve` adds the names of the address it binds to.
     allowed_hosts: tuple[str, ...] = ()
     cors_origins: tuple[str, ...] = ()  # origins whose pages may read the answers; none by default, as a local tool needs

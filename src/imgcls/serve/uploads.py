@@ -44,7 +44,8 @@ async def read_uploads(request: Request, max_bytes: int, max_files: int) -> list
         raise _too_large(declared, max_bytes)
     parser = MultiPartParser(request.headers, _limited(request.stream(), max_bytes),
                              max_files=max_files, max_fields=MAX_FORM_FIELDS)
-    parser.spool_max_size = max_bytes  # every upload stays in memory: nothing touches disk
+    # Every upload stays in memory: nothing touches disk. Starlette 0.46 renamed the spool limit.
+    setattr(parser, "spool_max_size" if hasattr(parser, "spool_max_size") else "max_file_size", max_bytes)
     try:
         form = await parser.parse()
     except MultiPartException as err:
