@@ -37,8 +37,8 @@ from ..explain.maps import Explanation, to_png
 from ..explain.overlay import overlay
 from .batching import Backend
 from .config import ServeConfig
-from .hosts import HostCheck
 from .docs import DOCS_POLICY, docs_html
+from .hosts import HostCheck
 from .service import SERVED_METHODS, ModelService, TooManyPixels, load_models
 from .uploads import read_uploads, upload_schema
 
