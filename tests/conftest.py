@@ -1,6 +1,7 @@
 """Shared fixtures: real digits written as image folders, a trained tiny bundle, real ImageNet weights."""
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import tempfile
@@ -25,6 +26,17 @@ FAST_CONFIG = dict(model="cnn-bn", epochs=3, batch_size=32, img_size=32, early_s
 @pytest.fixture(autouse=True, scope="session")
 def _one_thread_per_test_process():
     torch.set_num_threads(2)
+
+
+@pytest.fixture(autouse=True)
+def _cli_logging_undone_after_each_test():
+    """A test that runs the CLI in this process leaves the 'imgcls' logger as a command leaves it (its own
+    handler on that test's captured stderr, not propagating): put it back, so the next test's caplog sees
+    the warnings it asserts (pytest 8.0 on the floors run does not isolate this by itself)."""
+    logger = logging.getLogger("imgcls")
+    saved = logger.handlers[:], logger.level, logger.propagate
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved
 
 
 @pytest.fixture(autouse=True, scope="session")
