@@ -25,7 +25,8 @@ FAST_CONFIG = dict(model="cnn-bn", epochs=3, batch_size=32, img_size=32, early_s
 
 @pytest.fixture(autouse=True, scope="session")
 def _one_thread_per_test_process():
-    torch.set_num_threads(2)
+    """Two threads (the CI machine's cores); IMGCLS_TEST_THREADS=1 when several test runs share the machine."""
+    torch.set_num_threads(int(os.environ.get("IMGCLS_TEST_THREADS", "2")))
 
 
 @pytest.fixture(autouse=True)
