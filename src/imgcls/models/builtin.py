@@ -64,9 +64,8 @@ class BuiltinNet(nn.Module):
 
     def reset_classifier(self, num_classes: int) -> None:
         """A fresh classifier for `num_classes` (0: none, the network gives its pre-logits features)."""
-        old = self.get_classifier()
-        has_bias = getattr(old, "bias", None) is not None or isinstance(old, nn.Identity)
-        self.head[-1] = nn.Linear(self.head_hidden_size, num_classes, bias=has_bias) if num_classes > 0 else nn.Identity()
+        bias = getattr(self.get_classifier(), "bias", True) is not None  # as before (speedrun-cnn's has none)
+        self.head[-1] = nn.Linear(self.head_hidden_size, num_classes, bias=bias) if num_classes > 0 else nn.Identity()
         self.num_classes = num_classes
 
     def group_matcher(self, coarse: bool = False) -> dict:
@@ -85,7 +84,8 @@ class SeedCNN(BuiltinNet):
             layers += [nn.Conv2d(channels, width, 3), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
             channels = width
         self.features = nn.Sequential(*layers)
-        self.num_classes, self.num_features, self.head_hidden_size = num_classes, _flat_features(self.features, in_chans, _side(img_size)), 64
+        self.num_classes, self.head_hidden_size = num_classes, 64
+        self.num_features = _flat_features(self.features, in_chans, _side(img_size))
         self.head = nn.Sequential(
             nn.Flatten(), nn.Linear(self.num_features, 64),
             nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(64, num_classes),
@@ -107,7 +107,8 @@ class LeNet5(BuiltinNet):
             nn.Conv2d(in_chans, 6, 5, padding=2 if img_size < 32 else 0), nn.ReLU(inplace=True), nn.MaxPool2d(2),
             nn.Conv2d(6, 16, 5), nn.ReLU(inplace=True), nn.MaxPool2d(2),
         )
-        self.num_classes, self.num_features, self.head_hidden_size = num_classes, _flat_features(self.features, in_chans, img_size), 84
+        self.num_classes, self.head_hidden_size = num_classes, 84
+        self.num_features = _flat_features(self.features, in_chans, img_size)
         self.head = nn.Sequential(
             nn.Flatten(), nn.Linear(self.num_features, 120), nn.ReLU(inplace=True),
             nn.Linear(120, 84), nn.ReLU(inplace=True), nn.Linear(84, num_classes),

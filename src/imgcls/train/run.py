@@ -171,9 +171,8 @@ def _build_model(config: TrainConfig, num_classes: int, side: int | None, source
         load_weights(net, find_bundle(config.init_from) / WEIGHTS_FILE)
         weights_source = f"bundle:{find_bundle(config.init_from).resolve()}"
     mean, std = (source.mean, source.std) if source else (IMAGENET_MEAN, IMAGENET_STD)
-    pretrained_cfg = getattr(net, "pretrained_cfg", None) or {}
-    if config.pretrained and pretrained_cfg.get("mean"):
-        mean, std = tuple(pretrained_cfg["mean"]), tuple(pretrained_cfg["std"])
+    if config.pretrained:  # every model is a timm model: its pretrained_cfg says how its weights expect images
+        mean, std = tuple(net.pretrained_cfg["mean"]), tuple(net.pretrained_cfg["std"])
     return StartingPoint(Classifier(net, mean, std), config, weights_source)
 
 

@@ -36,8 +36,8 @@ def classifier_head(model: nn.Module) -> nn.Linear:
     """The classifier of the Classifier's timm model (get_classifier()): the layer a linear probe replaces."""
     head = model.net.get_classifier()
     if not isinstance(head, nn.Linear):
-        raise ImgclsError(f"the classifier of {type(model.net).__name__} is a {type(head).__name__}, not a linear "
-                          "layer; --freeze and --finetune fit a linear head: pick another model or --mode scratch")
+        raise ImgclsError(f"the classifier of {type(model.net).__name__} is a {type(head).__name__}, not the linear "
+                          "layer --freeze and --finetune fit; pick another --model, or train it from scratch (--no-pretrained)")
     return head
 
 
