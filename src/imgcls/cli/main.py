@@ -35,6 +35,7 @@ EPILOG_TRAIN = """examples:
   imgcls train data/ --model resnet50 --weights resnet50.safetensors   # your own starting weights
   imgcls train data/ --no-pretrained --model seed-cnn --img-size 150 --augment seed --epochs 50
   imgcls train --resume runs/data          # continue an interrupted run
+  imgcls train data/ --distill-from runs/big --model mobilenetv3_small_100   # a small model taught by a big one
 
 photos (images of 64 px or more) start from ImageNet weights: efficientnet_lite0 fine-tuned from a
 linear probe; thumbnails (CIFAR, MNIST) train cnn-bn from scratch. Without cached weights and no
@@ -182,6 +183,12 @@ def _train_parser(commands) -> None:
                         "for timm models on photos when they can be had)")
     g.add_argument("--weights", metavar="FILE", help="start from a local checkpoint (.safetensors or state dict)")
     g.add_argument("--init-from", metavar="BUNDLE", help="start from another imgcls bundle (transfer to new classes)")
+    g = p.add_argument_group("distillation")
+    g.add_argument("--distill-from", metavar="TEACHER_BUNDLE",
+                   help="also learn from a larger imgcls bundle's answers (same classes): a small --model gains "
+                        "accuracy")
+    g.add_argument("--distill-temperature", type=float, metavar="T", help="softening of the teacher's answers")
+    g.add_argument("--distill-alpha", type=float, metavar="A", help="the teacher's weight in the loss; 1 - A goes to the labels")
     g = p.add_argument_group("transfer learning")
     mode = g.add_mutually_exclusive_group()
     mode.add_argument("--freeze", dest="mode", action="store_const", const="freeze",
@@ -573,7 +580,18 @@ def cmd_export(args) -> int:
 
         int8 = export_int8(args.bundle, result.path, args.max_drop, args.calibration_images, args.data_dir)
         print(f"{int8.path}\n{render.int8_check(int8.record)}")
+        _refresh_report(args.bundle)
     return ExitStatus.OK
+
+
+def _refresh_report(bundle: str) -> None:
+    """The run's report.html, written again to show what was just added to its bundle's config.json."""
+    from ..explain.report import REPORT_FILE, write_report
+    from ..models.bundle import outputs_folder
+
+    run_dir = outputs_folder(bundle)
+    if (run_dir / REPORT_FILE).is_file():
+        write_report(run_dir)
 
 
 def cmd_push(args) -> int:
