@@ -26,7 +26,7 @@ from torch import nn
 from ..data.cache import decode_cached, default_cache_dir
 from ..data.loader import to_model_input
 from ..errors import ImgclsError
-from ..models.bundle import load_bundle
+from ..models.bundle import load_bundle, read_bundle_config
 
 log = logging.getLogger(__name__)
 
@@ -56,20 +56,28 @@ def soft_targets(labels: torch.Tensor, teacher_probabilities: torch.Tensor) -> t
     return torch.cat([labels, teacher_probabilities.to(labels.device, labels.dtype)], dim=1)
 
 
+def _names(classes: list[str], shown: int = 5) -> str:
+    return f"{len(classes)}: {', '.join(classes[:shown])}{', ...' if len(classes) > shown else ''}"
+
+
+def check_teacher(teacher: str | Path, classes: list[str]) -> None:
+    """A teacher answers for `classes`, in their order, one class per image: else a one-line error, before any work."""
+    config = read_bundle_config(teacher)
+    if config.classes != classes:
+        raise ImgclsError(f"the teacher '{teacher}' was trained on other classes ({_names(config.classes)}) than this "
+                          f"data ({_names(classes)}); distil from a bundle trained on the same class folders")
+    if config.multi_label:
+        raise ImgclsError(f"the teacher '{teacher}' is multi-label; --distill-from takes a single-label bundle")
+
+
 @torch.inference_mode()
 def teacher_probabilities(teacher: str | Path, classes: list[str], paths: list[Path], labels: torch.Tensor,
                           temperature: float, device: torch.device) -> torch.Tensor:
     """(N, C) softmax(teacher logits / temperature) of the un-augmented images at `paths` (the training
     split's readable ones, in order, whose (N, C) one-hot `labels` only go into the log), computed once.
     The teacher must know `classes`, in the same order."""
+    check_teacher(teacher, classes)
     model, config = load_bundle(teacher, device)
-    if config.classes != classes:
-        raise ImgclsError(f"the teacher '{teacher}' was trained on other classes ({len(config.classes)}: "
-                          f"{', '.join(config.classes[:5])}{', ...' if len(config.classes) > 5 else ''}) than this data "
-                          f"({len(classes)}: {', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''}); distil from "
-                          "a bundle trained on the same class folders")
-    if config.multi_label:
-        raise ImgclsError(f"the teacher '{teacher}' is multi-label; --distill-from takes a single-label bundle")
     decoded = decode_cached(paths, config.img_size, default_cache_dir())
     if len(decoded.kept) != len(paths):
         raise ImgclsError(f"{len(paths) - len(decoded.kept)} training images do not decode at the teacher's "

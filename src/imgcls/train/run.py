@@ -47,7 +47,7 @@ from .callbacks import CHECKPOINT_FILE, Checkpoint, EarlyStopping, EpochLog, His
 from .config import DATA_KEY, TrainConfig, settings_yaml
 from .defaults import (MIN_BATCH, MIN_STEPS_PER_EPOCH, choose_img_size, choose_model, choose_schedule, median_side,
                        scratch_fallback)
-from .distill import DistillationLoss, soft_targets, teacher_probabilities
+from .distill import DistillationLoss, check_teacher, soft_targets, teacher_probabilities
 from .loop import Trainer, count_correct, make_loss, predict_logits
 from .probe import fit_linear_probe
 from .time_budget import fit_epochs_to_budget
@@ -394,6 +394,8 @@ def train(data_dir: str | Path | None, run_dir: str | Path | None = None, config
     dataset = discover(data_dir, config.val_split, config.test_split, config.seed, config.multi_label, config.labels_csv,
                        config.manifest)
     fingerprint = dataset.fingerprint()  # a stat of every file: taken once, as the run starts
+    if config.distill_from:
+        check_teacher(config.distill_from, dataset.classes)
     if ranks.is_main:
         _warn_about_data(dataset)
     num_classes = len(dataset.classes)
