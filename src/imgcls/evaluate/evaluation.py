@@ -100,8 +100,9 @@ def evaluate(bundle: str | Path | Predictor, data_dir: str | Path, out_dir: str 
     runs the model: a loaded Predictor brings its own."""
     from ..predict.predictor import Predictor
 
-    if isinstance(bundle, Predictor) and (tta is not None or engine != "torch"):
-        raise UsageError(f"tta and engine are chosen when the model is loaded: imgcls.load(path, tta={tta!r}, engine={engine!r})")
+    for name, value, default in (("tta", tta, None), ("engine", engine, "torch")):
+        if isinstance(bundle, Predictor) and value != default:
+            raise UsageError(f"{name} is chosen when the model is loaded: imgcls.load(path, {name}={value!r})")
     predictor = bundle if isinstance(bundle, Predictor) else Predictor.load(bundle, device=device, engine=engine, tta=tta)
     samples = find_evaluation_images(data_dir, predictor.classes, split, predictor.config.multi_label, labels_csv)
     split = _split_scored(data_dir, split, labels_csv)

@@ -42,11 +42,15 @@ class TooManyPixels(ImgclsError):
 def _automatic_engine(bundle_dir: Path) -> str:
     """The fastest export the bundle has: the int8 model (checked against fp32 when written), else the fp32
     one, else PyTorch; PyTorch too when onnxruntime is not installed, said in the log."""
-    exported = [name for name, file in (("onnx-int8", INT8_ONNX_FILE), ("onnx", ONNX_FILE)) if (bundle_dir / file).is_file()]
-    if exported and not installed("onnxruntime"):
-        log.warning("predictions run on PyTorch: the bundle's ONNX export needs the onnx extra (pip install 'imgcls[onnx]')")
+    exported = [(engine, file) for engine, file in (("onnx-int8", INT8_ONNX_FILE), ("onnx", ONNX_FILE))
+                if (bundle_dir / file).is_file()]
+    if not exported:
         return "torch"
-    return exported[0] if exported else "torch"
+    engine, file = exported[0]
+    if not installed("onnxruntime"):
+        log.warning("predictions run on PyTorch: %s needs the onnx extra (pip install 'imgcls[onnx]')", file)
+        return "torch"
+    return engine
 
 
 def load_models(bundle: str | Path, device: str = "auto", engine: str = "auto") -> tuple[Predictor, Predictor]:
