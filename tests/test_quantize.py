@@ -35,8 +35,9 @@ def copy_run(trained_run, target):
 
 @pytest.fixture(scope="module")
 def int8_run(trained_run, tmp_path_factory):
-    """A copy of the trained digits run after `imgcls export RUN --int8`, and that command's exit status and output."""
-    run = copy_run(trained_run, tmp_path_factory.mktemp("int8") / "digits")
+    """A copy of the whole trained digits run (report.html included) after `imgcls export RUN --int8`, and that
+    command's exit status."""
+    run = shutil.copytree(trained_run.run_dir, tmp_path_factory.mktemp("int8") / "digits")
     code = main(["export", str(run), "--int8"])
     return run, code
 
@@ -51,6 +52,13 @@ def test_export_int8_writes_the_int8_model_beside_the_fp32_one_and_records_its_c
     assert record["validation_images"] == 40 and record["calibration_images"] > 0
     assert set(record["per_class_recall"]) == set(read_bundle_config(run).classes)
     assert record["temperature"] > 0
+
+
+def test_the_run_report_shows_the_int8_check(int8_run):
+    run, _ = int8_run
+    record = read_bundle_config(run).int8_export
+    html = (run / "report.html").read_text(encoding="utf-8")
+    assert '<section id="int8">' in html and f"{record['top1_int8']:.2f}%" in html
 
 
 def test_an_int8_model_losing_more_than_max_drop_is_refused_and_the_fp32_export_kept(trained_run, tmp_path, capsys):

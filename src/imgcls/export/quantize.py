@@ -28,6 +28,7 @@ from ..explain.similar import run_dataset
 from ..extras import require
 from ..fileio import atomic_write
 from ..models.bundle import find_bundle, read_bundle_config, update_bundle_config
+from ..models.classifier import tta_logits
 from ..train.calibration import fit_temperature
 from .session import INPUT_NAME, ONNX_FILE, OnnxModel, int8_path
 
@@ -94,8 +95,9 @@ def _quantize(fp32: Path, int8: str, pixels: np.ndarray) -> None:
                           op_types_to_quantize=list(QUANTIZED_OPS))
 
 
-def _logits(model: OnnxModel, pixels: np.ndarray) -> torch.Tensor:
-    return torch.cat([model(to_model_input(torch.as_tensor(pixels[start: start + BATCH])))
+def _logits(model: OnnxModel, pixels: np.ndarray, tta: str) -> torch.Tensor:
+    """Logits as predict computes them: with the bundle's test-time views, on which its temperature was fitted."""
+    return torch.cat([tta_logits(model, to_model_input(torch.as_tensor(pixels[start: start + BATCH])), tta)
                       for start in range(0, len(pixels), BATCH)])
 
 
@@ -141,18 +143,19 @@ def export_int8(bundle: str | Path, fp32_path: str | Path | None = None, max_dro
     dataset = run_dataset(folder, data_dir)
     if not dataset.splits.get("validation"):
         raise ImgclsError(f"the data of '{folder}' has no validation images to check the int8 model on; pass --data DATA_DIR")
+    # The whole split through the cache, under the key training left: a memory map, of which only the rows taken are read
     train_pixels, _ = _decoded(dataset.splits["train"], config.img_size, "training")
     step = max(1, len(train_pixels) // calibration_images)  # spread over the split (it is sorted by class)
     calibration = np.ascontiguousarray(train_pixels[::step][:calibration_images])
     val_pixels, val_samples = _decoded(dataset.splits["validation"], config.img_size, "validation")
     labels = np.array([s.labels[0] for s in val_samples])
-    fp32_logits = _logits(OnnxModel(fp32_path), val_pixels)
+    fp32_logits = _logits(OnnxModel(fp32_path), val_pixels, config.tta)
     path = int8_path(fp32_path)
     result = Int8Result(path, {})
 
     def write_and_check(tmp: str) -> None:
         _quantize(fp32_path, tmp, calibration)
-        result.record = _check(fp32_logits, _logits(OnnxModel(tmp), val_pixels), labels, config.classes,
+        result.record = _check(fp32_logits, _logits(OnnxModel(tmp), val_pixels, config.tta), labels, config.classes,
                                config.temperature, len(calibration))
         if not result.record["drop_points"] <= max_drop:
             raise ImgclsError(
