@@ -293,10 +293,11 @@ def _export_parser(commands) -> None:
     g.add_argument("--int8", action="store_true",
                    help="also write model.int8.onnx: quantised on training images, then checked against the fp32 "
                         "export on the validation split (top-1, per-class recall, calibration, agreement)")
-    g.add_argument("--max-drop", type=float, default=1.0, metavar="POINTS",
-                   help="refuse the int8 model (keeping the fp32 one) if it loses more top-1 percentage points than this")
-    g.add_argument("--calibration-images", type=int, default=256, metavar="N",
-                   help="training images that set the int8 activation ranges")
+    g.add_argument("--max-drop", type=float, metavar="POINTS",
+                   help="refuse the int8 model (keeping the fp32 one) if it loses more top-1 percentage points than "
+                        "this (default 1.0)")
+    g.add_argument("--calibration-images", type=int, metavar="N",
+                   help="training images that set the int8 activation ranges (default 256)")
     g.add_argument("--data", dest="data_dir", metavar="DATA_DIR",
                    help="the run's data folder, if it moved (default: the one its data.json records)")
 
@@ -575,10 +576,12 @@ def cmd_export(args) -> int:
     print(f"{result.path}\nmax difference from PyTorch: {result.max_score_diff:.1e} in scores (tolerance {tolerance:.0e}), "
           f"{result.max_logit_diff:.1e} in logits; on {checked}")
     if args.int8:
-        from ..export.quantize import export_int8
+        from ..export.quantize import CALIBRATION_IMAGES, MAX_DROP_POINTS, export_int8
         from . import render
 
-        int8 = export_int8(args.bundle, result.path, args.max_drop, args.calibration_images, args.data_dir)
+        int8 = export_int8(args.bundle, result.path, MAX_DROP_POINTS if args.max_drop is None else args.max_drop,
+                           CALIBRATION_IMAGES if args.calibration_images is None else args.calibration_images,
+                           args.data_dir)
         print(f"{int8.path}\n{render.int8_check(int8.record)}")
         _refresh_report(args.bundle)
     return ExitStatus.OK
