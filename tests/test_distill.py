@@ -9,9 +9,10 @@ from torch import nn
 
 from conftest import FAST_CONFIG
 from imgcls.cli.main import main
+from imgcls.models.builtin import CnnBn
 from imgcls.models.bundle import BundleConfig, build_classifier, read_bundle_config, save_bundle
 from imgcls.train.config import TrainConfig
-from imgcls.train.distill import DistillationLoss, soft_targets
+from imgcls.train.distill import TEACHER_BATCH, DistillationLoss, soft_targets
 from imgcls.train.run import train
 
 
@@ -30,6 +31,22 @@ def test_a_distilled_run_trains_and_records_its_teacher_in_the_bundle(trained_ru
     assert settings["distill_from"] == str(trained_run.run_dir.resolve())
     assert settings["distill_temperature"] == 4.0 and settings["distill_alpha"] == 0.9
     assert result.metrics["accuracy"] > 0.3  # ten classes: chance is 0.1
+
+
+def test_the_teacher_runs_once_over_the_training_images_not_at_every_step(trained_run, digits_dir, tmp_path,
+                                                                          monkeypatch):
+    teacher_batches = 0
+    original_forward = CnnBn.forward
+
+    def counting_forward(self, x):
+        nonlocal teacher_batches
+        teacher_batches += 1
+        return original_forward(self, x)
+
+    monkeypatch.setattr(CnnBn, "forward", counting_forward)  # the teacher is a cnn-bn, the student a lenet5
+    config = TrainConfig(**{**FAST_CONFIG, "model": "lenet5", "distill_from": str(trained_run.run_dir)})
+    train(digits_dir, tmp_path / "student", config, progress=False)
+    assert teacher_batches == -(-210 // TEACHER_BATCH)  # 210 training images, no gradients, once
 
 
 def test_a_teacher_trained_on_other_classes_is_refused_in_one_line(digits_dir, tmp_path, capsys):
