@@ -3,7 +3,8 @@
 ONNX Runtime's static quantisation (https://onnxruntime.ai/docs/performance/model-optimizations/quantization.html)
 in QDQ form: Conv, MatMul and Gemm weights per output channel in int8, activations in uint8 with ranges
 measured on a few hundred of the run's own training images, preprocessed exactly as predict does. Then
-both ONNX models run on the validation split: the int8 file is kept only if its top-1 accuracy is within
+both ONNX models run on the validation split (with the bundle's test-time views, as predict runs them):
+the int8 file is kept only if its top-1 accuracy is within
 `max_drop` points of the fp32 one, and its softmax temperature is fitted again on its own logits
 (quantisation moves them), so that `--engine onnx-int8` scores stay calibrated. The figures go into
 config.json's int8_export record, which the run report shows.
