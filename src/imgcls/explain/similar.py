@@ -46,8 +46,10 @@ def embed(predictor, pixels: np.ndarray) -> np.ndarray:
     return nn.functional.normalize(torch.cat(features), dim=1).cpu().numpy()
 
 
-def _training_images(bundle_dir: Path, data_dir) -> LabelledImages:
-    """The run's training split: data.json says where the data is and how it was split."""
+def run_dataset(bundle_dir: Path, data_dir) -> LabelledImages:
+    """The run's data, split as it trained on it: data.json says where the data is and how it was split;
+    `data_dir` (not None) stands in for a data folder that moved. Look-alikes and the int8 export's
+    calibration (export.quantize) read its splits."""
     summary_path = bundle_dir.parent / "data.json"
     summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
     if data_dir is None:
@@ -76,7 +78,7 @@ def _build(predictor, dataset: LabelledImages, bundle_dir: Path) -> tuple[np.nda
 def load_index(predictor, bundle_dir: str | Path, data_dir=None) -> tuple[np.ndarray, dict]:
     """(N, D) embeddings of the training images and their {'paths', 'labels', ...}, built if missing or stale."""
     bundle_dir = Path(bundle_dir)
-    dataset = _training_images(bundle_dir, data_dir)
+    dataset = run_dataset(bundle_dir, data_dir)
     meta_path = bundle_dir / INDEX_META
     if meta_path.is_file() and (bundle_dir / INDEX_FILE).is_file():
         meta = json.loads(meta_path.read_text(encoding="utf-8"))

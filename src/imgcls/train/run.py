@@ -32,7 +32,7 @@ from ..data.folders import LabelledImages, Sample, discover, multi_hot
 from ..data.manifest import read_manifest
 from ..data.loader import Batches, to_model_input
 from ..distributed import Ranks, broadcast_object, broadcast_tensors, gather_rows, join, local_main_first, shard_rows
-from ..errors import ImgclsError
+from ..errors import ImgclsError, UsageError
 from ..evaluate.evaluation import write_evaluation
 from ..evaluate.metrics import tune_thresholds
 from ..fileio import atomic_write_bytes
@@ -46,6 +46,7 @@ from .callbacks import CHECKPOINT_FILE, Checkpoint, EarlyStopping, EpochLog, His
 from .config import DATA_KEY, TrainConfig, settings_yaml
 from .defaults import (MIN_BATCH, MIN_STEPS_PER_EPOCH, choose_img_size, choose_model, choose_schedule, median_side,
                        scratch_fallback)
+from .distill import DistillationLoss, check_teacher, soft_targets, teacher_probabilities
 from .loop import Trainer, count_correct, make_loss, predict_logits
 from .probe import fit_linear_probe
 from .time_budget import fit_epochs_to_budget
@@ -123,7 +124,7 @@ def _start_config(config: TrainConfig | None, source: BundleConfig | None) -> Tr
     return replace(config, model=source.architecture, img_size=config.img_size or source.img_size, pretrained=False).validate()
 
 
-CONFIG_PATHS = ("labels_csv", "manifest", "weights", "init_from")  # the TrainConfig fields that name files
+CONFIG_PATHS = ("labels_csv", "manifest", "weights", "init_from", "distill_from")  # the TrainConfig fields that name files
 
 
 def _absolute_paths(config: TrainConfig) -> TrainConfig:
@@ -261,11 +262,16 @@ def _fit_probe_head(model: Classifier, config: TrainConfig, train_set: DecodedSp
 
 def _make_trainer(model: Classifier, config: TrainConfig, train_set: DecodedSplit, val_set: DecodedSplit,
                   run_dir: Path, device: torch.device, progress: bool, probe: ProbeResult | None, ranks: Ranks,
-                  tracker: Tracker | None) -> Trainer:
+                  tracker: Tracker | None, teacher: torch.Tensor | None = None) -> Trainer:
     """The trainer for the mode: the whole network, the network but its frozen early layers
-    (fine-tuning), or only the head on a frozen backbone."""
-    mode, num_classes, img_size = config.resolved_mode(), train_set.targets.shape[1], train_set.pixels.shape[1]
+    (fine-tuning), or only the head on a frozen backbone; `teacher`: its probabilities of the training
+    images, to distil (train.distill)."""
+    mode, img_size = config.resolved_mode(), train_set.pixels.shape[1]
     weights = _class_weights(train_set.targets, config.multi_label).to(device) if config.class_weights else None
+    loss_fn, targets = make_loss(config, weights), train_set.targets
+    if teacher is not None:
+        loss_fn = DistillationLoss(loss_fn, config.distill_alpha, config.distill_temperature)
+        targets = soft_targets(targets, teacher)
     early_stopping = EarlyStopping(config.early_stopping)
     if probe is not None:  # the probe is epoch 0: fine-tuning that never beats it on validation gives it back
         early_stopping.start_from(probe.val_loss, model)
@@ -273,8 +279,8 @@ def _make_trainer(model: Classifier, config: TrainConfig, train_set: DecodedSpli
     callbacks = ([ProgressBar()] if progress and main else []) + ([Lookahead()] if config.lookahead else []) + (
         [EpochLog()] if main else []) + [early_stopping] + ([HistoryCSV(run_dir), Checkpoint(run_dir)] if main else []) + (
         [tracker] if tracker is not None else [])
-    augment = build_augment(config.augment, img_size, num_classes, config.multi_label)
-    train_batches = Batches(train_set.pixels, train_set.targets, config.batch_size, shuffle=True, device=device,
+    augment = build_augment(config.augment, img_size, targets.shape[1], config.multi_label)
+    train_batches = Batches(train_set.pixels, targets, config.batch_size, shuffle=True, device=device,
                             seed=config.seed, alternating_flip=augment.alternating_flip, ranks=ranks)
     rows = shard_rows(len(val_set.targets), ranks)  # every process validates its block; Trainer.validate gathers
     val_batches = Batches(val_set.pixels[rows], val_set.targets[rows], max(config.batch_size, FEATURE_BATCH), device=device)
@@ -290,8 +296,7 @@ def _make_trainer(model: Classifier, config: TrainConfig, train_set: DecodedSpli
         # class fell from 75% to 39-41% validation after 2 epochs (bench/pretrained.py's data).
         freeze_batchnorm = pretrained or config.batch_size < SMALL_BATCH
         callbacks.append(UnfreezeBackbone(config.head_epochs, freeze_batchnorm, frozen))
-    return Trainer(model, config, train_batches, val_batches, augment, make_loss(config, weights), callbacks, device,
-                   lr_scales, ranks)
+    return Trainer(model, config, train_batches, val_batches, augment, loss_fn, callbacks, device, lr_scales, ranks)
 
 
 def _finish(model: Classifier, config: TrainConfig, dataset: LabelledImages, val_set: DecodedSplit, run_dir: Path,
@@ -376,6 +381,9 @@ def train(data_dir: str | Path | None, run_dir: str | Path | None = None, config
     keep_freed_memory()
     source = read_bundle_config(config.init_from) if config is not None and config.init_from else None
     config = _absolute_paths(_start_config(config, source))
+    if config.distill_from and _head_only(config):
+        raise UsageError("--distill-from trains through the training loop, which --freeze --augment none skips (it fits "
+                         "the head in one go); leave out one of them")
     if config.model is not None:
         check_model_name(config.model)
     ranks, device = join(resolve_device(config.device))
@@ -383,6 +391,8 @@ def train(data_dir: str | Path | None, run_dir: str | Path | None = None, config
     dataset = discover(data_dir, config.val_split, config.test_split, config.seed, config.multi_label, config.labels_csv,
                        config.manifest)
     fingerprint = dataset.fingerprint()  # a stat of every file: taken once, as the run starts
+    if config.distill_from:
+        check_teacher(config.distill_from, dataset.classes)
     if ranks.is_main:
         _warn_about_data(dataset)
     num_classes = len(dataset.classes)
@@ -412,12 +422,16 @@ def train(data_dir: str | Path | None, run_dir: str | Path | None = None, config
     probe = None
     if state is None and config.resolved_mode() in ("freeze", "finetune"):
         probe = _fit_probe_head(model, config, train_set, val_set, device, loss_fn, ranks)
-    if config.resolved_mode() == "freeze" and config.augment == "none" and config.cache_features:
+    if _head_only(config):
         history = _probe_history(run_dir, probe) if ranks.is_main else []  # the probe is the optimum of the head on fixed features: done
         if tracker is not None:
             tracker.on_epoch_end(None, history[0])
     else:
-        trainer = _make_trainer(model, config, train_set, val_set, run_dir, device, progress, probe, ranks, tracker)
+        teacher = (teacher_probabilities(config.distill_from, dataset.classes, [s.path for s in train_set.samples],
+                                         train_set.targets, config.distill_temperature, device)
+                   if config.distill_from else None)
+        trainer = _make_trainer(model, config, train_set, val_set, run_dir, device, progress, probe, ranks, tracker,
+                                teacher)
         if state is not None:
             trainer.load_state_dict(state)
             log.info("resuming %s after epoch %d of %d", run_dir, trainer.epoch, config.epochs)
@@ -425,7 +439,7 @@ def train(data_dir: str | Path | None, run_dir: str | Path | None = None, config
             trainer = fit_epochs_to_budget(trainer, config.time_budget_s - (time.perf_counter() - started),
                                            lambda epochs: _make_trainer(model, replace(config, epochs=epochs), train_set,
                                                                         val_set, run_dir, device, progress, probe, ranks,
-                                                                        tracker))
+                                                                        tracker, teacher))
             config = trainer.config
         trainer.extra_state = {"data_dir": str(data_dir), "img_size": img_size}
         history = trainer.fit()
@@ -440,6 +454,11 @@ def train(data_dir: str | Path | None, run_dir: str | Path | None = None, config
         _write_report(run_dir, device)
     log.info("trained in %.0fs", time.perf_counter() - started)
     return TrainResult(run_dir, bundle_dir, metrics, history, skipped)
+
+
+def _head_only(config: TrainConfig) -> bool:
+    """Whether the run is a head fitted in one go on cached frozen features, with no training loop."""
+    return config.resolved_mode() == "freeze" and config.augment == "none" and config.cache_features
 
 
 def _probe_history(run_dir: Path, probe: ProbeResult) -> list[dict]:
