@@ -27,7 +27,7 @@ from ..fileio import atomic_write
 from ..models.bundle import BundleConfig, find_bundle, load_bundle
 from ..models.classifier import Classifier
 from ..predict.predictor import Predictor
-from .session import INPUT_NAME, ONNX_FILE, OUTPUT_NAME, OnnxModel
+from ..predict.session import INPUT_NAME, ONNX_FILE, OUTPUT_NAME, OnnxModel
 
 onnx = require("onnx", "onnx")
 

@@ -19,7 +19,7 @@ from ..data.images import UnreadableImage, decode_image, open_image
 from ..errors import ImgclsError, UsageError
 from ..extras import installed
 from ..explain.maps import EXPLAIN_METHODS, Explanation, check_method, explain
-from ..export.session import ONNX_FILE
+from ..predict.session import ONNX_FILE
 from ..predict.predictor import ENGINES, Predictor
 from .batching import Backend, DynamicBatcher
 from .config import ServeConfig
