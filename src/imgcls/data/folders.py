@@ -263,8 +263,7 @@ def discover(
         raise ImgclsError(f"data folder '{root}' does not exist or is not a folder")
     for name, value in (("val_split", val_split), ("test_split", test_split)):
         if not 0 <= value < 1:  # an argument, not the data, is wrong (exit 2)
-            raise UsageError(f"{name} (--{name.replace('_', '-')}) is a share of the images in [0, 1), e.g. 0.2; "
-                             f"got {value}")
+            raise UsageError(f"{name} must be in [0, 1), got {value}")
 
     split_dirs = find_split_folders(root)
     if labels_csv is not None:
