@@ -20,15 +20,12 @@ import csv
 import io
 import itertools
 import json
-import logging
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Iterator
 
 from .errors import UsageError
 from .fileio import atomic_write_bytes, fresh_folder
-
-log = logging.getLogger(__name__)
 
 BUNDLE_FOLDER = "model"  # models.bundle.find_bundle looks for a run's bundle here
 CHECKPOINT_FILE, HISTORY_FILE, DATA_SUMMARY_FILE = "checkpoint.pt", "history.csv", "data.json"
