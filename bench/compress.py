@@ -32,7 +32,7 @@ from inference import images_per_second
 from imgcls.evaluate.evaluation import evaluate
 from imgcls.export.onnx import export_onnx
 from imgcls.export.quantize import export_int8
-from imgcls.export.session import OnnxModel, int8_path
+from imgcls.predict.session import OnnxModel, int8_path
 from imgcls.models.bundle import find_bundle, load_bundle
 from imgcls.train.config import TrainConfig
 from imgcls.train.run import train

@@ -12,8 +12,6 @@ measures DDP's overhead, not a gain; on a GPU machine run it with --device cuda 
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import os
 import statistics
 import subprocess
@@ -24,6 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import EXTRACT_ROOT, REPO, dataset, report  # noqa: E402
+
+from imgcls.rundir import RunDir  # noqa: E402
 
 SUBSET_PER_CLASS = {"train": 500, "validation": 100}
 
@@ -54,9 +54,8 @@ def run(data: Path, options: list[str], nproc: int, device: str, out: Path) -> d
     start = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, cwd=REPO)
     wall_s = time.perf_counter() - start
-    with open(out / "history.csv", newline="") as handle:
-        history = list(csv.DictReader(handle))
-    images = sum(json.loads((out / "data.json").read_text())["counts"]["train"].values())
+    history = RunDir(out).read_history()
+    images = sum(RunDir(out).read_data_summary().counts["train"].values())
     epoch_s = statistics.median(float(row["seconds"]) for row in history[1:] or history)
     return {"processes": nproc, "images": images, "epoch_s": round(epoch_s, 2), "images_per_s": round(images / epoch_s, 1),
             "wall_s": round(wall_s, 1), "val_accuracy": round(float(history[-1]["val_accuracy"]), 4)}

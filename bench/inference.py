@@ -21,7 +21,7 @@ import torch
 from common import report
 
 from imgcls.export.onnx import export_onnx
-from imgcls.export.session import OnnxModel
+from imgcls.predict.session import OnnxModel
 from imgcls.models.bundle import BundleConfig, build_classifier, save_bundle
 
 CLASSES = [f"class{i}" for i in range(10)]

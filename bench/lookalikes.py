@@ -10,7 +10,6 @@ images of every class of its own validation split.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -19,10 +18,11 @@ from common import report
 
 import imgcls
 from imgcls.explain.similar import find_similar
+from imgcls.rundir import RunDir
 
 
 def validation_images(run: Path, per_class: int) -> list[Path]:
-    data = Path(json.loads((run / "data.json").read_text())["data_dir"])
+    data = Path(RunDir(run).read_data_summary().data_dir)
     return [path for folder in sorted((data / "validation").iterdir()) for path in sorted(folder.iterdir())[:per_class]]
 
 
@@ -38,8 +38,8 @@ def main() -> None:
         start = time.perf_counter()
         results = find_similar(predictor, images, k=args.k)
         same = sum(match["label"] == image.parent.name for image, matches in zip(images, results) for match in matches)
-        config = json.loads((run / "model" / "config.json").read_text())
-        rows.append({"run": run.name, "model": config["architecture"], "mode": config.get("training_mode", "?"),
+        config = predictor.config
+        rows.append({"run": run.name, "model": config.architecture, "mode": config.training_mode,
                      "queries": len(images), f"same_class_at_{args.k}": round(same / (len(images) * args.k), 4),
                      "seconds": round(time.perf_counter() - start, 1)})
     report("lookalikes", rows, "python bench/lookalikes.py " + " ".join(sys.argv[1:]))

@@ -41,6 +41,15 @@ def test_an_unknown_training_option_is_a_usage_error_suggesting_the_close_ones(d
     assert not (tmp_path / "run").exists()  # refused before any work
 
 
+def test_train_refuses_a_folder_that_holds_a_run_as_the_command_does(trained_run, digits_dir, capsys):
+    model = (trained_run.bundle_dir / "model.safetensors").read_bytes()
+    with pytest.raises(UsageError, match=r"already holds a run; continue it with --resume .* or choose another --out"):
+        imgcls.train(digits_dir, trained_run.run_dir, progress=False, **FAST_CONFIG)
+    assert main(["train", str(digits_dir), "--out", str(trained_run.run_dir)]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (trained_run.bundle_dir / "model.safetensors").read_bytes() == model  # untouched
+
+
 @pytest.fixture
 def logging_as_a_fresh_notebook_has_it(monkeypatch):
     """No handler on the 'imgcls' logger (the CLI tests leave theirs) and its level unset."""

@@ -76,6 +76,15 @@ def test_train_from_the_command_line_and_refuse_to_overwrite_a_run(capsys, digit
     assert code == 2 and "already holds a run" in err and "--resume" in err
 
 
+@pytest.mark.parametrize("argv, named", [(["train", "DATA", "--model", "resnt18"], "did you mean 'resnet18'"),
+                                         (["train", "DATA", "--val-split", "1.5"], "got 1.5"),
+                                         (["audit", "DATA", "--val-split", "1.5"], "got 1.5")])
+def test_a_wrong_option_value_is_a_usage_error_naming_it(capsys, digits_dir, tmp_path, argv, named):
+    code, _, err = run_cli(capsys, *[digits_dir if a == "DATA" else a for a in argv], *(["--out", tmp_path / "run"]
+                                                                                      if argv[0] == "train" else []))
+    assert code == 2 and named in err and not (tmp_path / "run").exists()
+
+
 def test_audit_reports_counts_as_json(capsys, digits_dir):
     code, out, _ = run_cli(capsys, "audit", digits_dir, "--format", "json")
     report = json.loads(out)

@@ -13,7 +13,7 @@ from imgcls.cli.main import main
 from imgcls.errors import ImgclsError, UsageError
 from imgcls.export import onnx as export_module
 from imgcls.export.onnx import OPSET, export_onnx
-from imgcls.export.session import ONNX_FILE, OnnxModel
+from imgcls.predict.session import ONNX_FILE, OnnxModel
 from imgcls.models.bundle import (
     CONFIG_FILE, LABELS_FILE, WEIGHTS_FILE, BundleConfig, build_classifier, load_bundle, save_bundle,
 )

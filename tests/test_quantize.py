@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from imgcls.cli.main import main
-from imgcls.export.session import INT8_ONNX_FILE, ONNX_FILE
+from imgcls.predict.session import INT8_ONNX_FILE, ONNX_FILE
 from imgcls.models.bundle import CONFIG_FILE, read_bundle_config
 from imgcls.predict.predictor import Predictor
 from imgcls.serve.app import create_app

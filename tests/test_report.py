@@ -21,7 +21,7 @@ from imgcls.data.digits import write_digits_folder
 from imgcls.errors import ImgclsError
 from imgcls.evaluate.metrics import reliability_bins
 from imgcls.evaluate.plots import MIN_BIN_IMAGES, SPARSE_FILL, reliability_figure
-from imgcls.explain.report import MISTAKES_SHOWN, write_report
+from imgcls.report.builder import MISTAKES_SHOWN, report_run
 
 SECTIONS = ("summary", "audit", "curves", "confusion", "report", "confused-pairs", "mistakes", "suspect-labels", "calibration", "correct")
 CHROMIUM = Path("/usr/bin/chromium")
@@ -30,8 +30,9 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 
 
 @pytest.fixture(scope="module")
-def report(trained_run, tmp_path_factory) -> Path:
-    return write_report(trained_run.run_dir, tmp_path_factory.mktemp("report") / "report.html")
+def report(trained_run) -> Path:
+    """The page training wrote, from what it held in memory."""
+    return trained_run.run_dir / "report.html"
 
 
 def _section(html: str, section_id: str) -> str:
@@ -100,7 +101,7 @@ def test_summary_shows_the_settings_and_wall_time_the_bundle_stores(trained_run,
     settings = {"model": "cnn-bn", "epochs": 3, "batch_size": 32, "lr": 0.002, "augment": "standard",
                 "weights": None, "compile": False}
     run = _with_bundle_config(trained_run, tmp_path / "run", settings=settings, wall_time_s=83.4)
-    summary = _section(write_report(run).read_text(encoding="utf-8"), "summary")
+    summary = _section(report_run(run).read_text(encoding="utf-8"), "summary")
     assert "1 min 23 s from start to saved model, 3 epochs" in summary
     assert "<dt>lr</dt><dd>0.002</dd>" in summary and "<dt>batch_size</dt><dd>32</dd>" in summary
     assert "<summary>the other 2 settings</summary>" in summary and "<dt>weights</dt><dd>null</dd>" in summary
@@ -108,7 +109,7 @@ def test_summary_shows_the_settings_and_wall_time_the_bundle_stores(trained_run,
 
 def test_a_bundle_without_settings_or_wall_time_gets_the_epoch_times_and_says_what_is_missing(trained_run, tmp_path):
     run = _with_bundle_config(trained_run, tmp_path / "run", settings=None, wall_time_s=None)
-    summary = _section(write_report(run).read_text(encoding="utf-8"), "summary")
+    summary = _section(report_run(run).read_text(encoding="utf-8"), "summary")
     with open(run / "history.csv", newline="") as handle:
         seconds = [float(row["seconds"]) for row in csv.DictReader(handle)]
     assert f"{sum(seconds):.1f} s in {len(seconds)} epochs (the sum of the epoch times in history.csv" in summary
@@ -131,7 +132,7 @@ def test_a_run_without_mistakes_says_so_and_shows_no_correct_image_as_one(traine
     run = shutil.copytree(trained_run.run_dir, tmp_path / "run")
     rows = _predictions(run)
     _write_predictions(run, [{**r, "predicted": r["true"], "score": r["true_score"]} for r in rows])
-    section = _section(write_report(run).read_text(encoding="utf-8"), "mistakes")
+    section = _section(report_run(run).read_text(encoding="utf-8"), "mistakes")
     assert f"No mistakes: the predicted class of every one of the {len(rows)} validation images" in section
     assert "<figure" not in section
 
@@ -163,20 +164,29 @@ def test_a_missing_data_folder_is_said_in_the_audit_section(trained_run, tmp_pat
     run = shutil.copytree(trained_run.run_dir, tmp_path / "run")
     summary = json.loads((run / "data.json").read_text())
     (run / "data.json").write_text(json.dumps({**summary, "data_dir": str(tmp_path / "gone")}))
-    html = write_report(run).read_text(encoding="utf-8")
+    html = report_run(run).read_text(encoding="utf-8")
     assert "is not available here, so it was not audited" in _section(html, "audit")
     assert (run / "report.html").is_file()
 
 
 def test_a_folder_that_is_not_a_finished_run_is_refused(tmp_path):
     with pytest.raises(ImgclsError, match="has no evaluation/metrics.json"):
-        write_report(tmp_path)
+        report_run(tmp_path)
 
 
 def test_cli_report_writes_the_page_and_prints_its_path(capsys, trained_run, tmp_path):
     out = tmp_path / "page.html"
     code = main(["report", str(trained_run.run_dir), "--out", str(out)])
     assert code == 0 and capsys.readouterr().out.strip() == str(out) and out.stat().st_size > 10_000
+
+
+def test_the_report_rebuilt_from_the_run_folder_says_what_the_one_training_wrote(report, trained_run, tmp_path):
+    rebuilt = report_run(trained_run.run_dir, tmp_path / "page.html").read_text(encoding="utf-8")
+    written = report.read_text(encoding="utf-8")
+    for section in ("summary", "audit", "report", "confused-pairs", "calibration"):
+        assert _section(rebuilt, section) == _section(written, section), section
+    for section in ("mistakes", "suspect-labels", "correct"):  # the same images, in the same order
+        assert _file_names(_section(rebuilt, section)) == _file_names(_section(written, section)), section
 
 
 def _in_chromium(page_path: Path, viewport: dict, measure: str, screenshot: Path):
@@ -225,7 +235,7 @@ def test_tile_captions_stay_readable_and_long_file_names_are_shortened_not_spill
     long_name = "scraped_" + "very_long_descriptive_file_name_" * 5 + "0001.png"
     shutil.copy(wrong["path"], tmp_path / long_name)
     _write_predictions(run, [{**r, "path": str(tmp_path / long_name)} if r is wrong else r for r in rows])
-    tiles, _ = _in_chromium(write_report(run), {"width": width, "height": 900}, TILE_MEASURE,
+    tiles, _ = _in_chromium(report_run(run), {"width": width, "height": 900}, TILE_MEASURE,
                             tmp_path / f"tiles-{width}.png")
     assert tiles and all(tile["inside"] and tile["fontPx"] >= 14 for tile in tiles)
     assert long_name in [tile["hover"] for tile in tiles]  # the whole name on hover ...

@@ -143,7 +143,7 @@ def test_explain_refuses_unknown_classes_and_methods_with_the_fix(client, digit,
 
 def test_a_bundle_with_an_onnx_export_is_served_by_onnx_runtime(trained_run, predictor, digit, tmp_path):
     from imgcls.export.onnx import export_onnx
-    from imgcls.export.session import OnnxModel
+    from imgcls.predict.session import OnnxModel
 
     bundle = shutil.copytree(trained_run.bundle_dir, tmp_path / "model")
     export_onnx(bundle, images=[digit[0]])

@@ -55,7 +55,8 @@ def _progress_lines() -> Iterator[None]:
 def train(data: str | Path | None = None, out: str | Path | None = None, *, recipe: str | None = None,
           resume: bool = False, progress: bool = True, **options: Any) -> TrainResult:
     """Train a classifier on the image folder `data` and write the run to `out` (default: a new
-    runs/<data folder name>). `options` are TrainConfig's fields (epochs=10, model="resnet18", ...), over
+    runs/<data folder name>; an `out` that holds a run already is refused with a UsageError, as the command
+    refuses it: resume=True continues that run). `options` are TrainConfig's fields (epochs=10, model="resnet18", ...), over
     `recipe`'s defaults if one is named; resume=True continues the interrupted run in `out`.
     Returns the TrainResult: run_dir, bundle_dir, validation metrics, history, skipped images."""
     from .errors import UsageError

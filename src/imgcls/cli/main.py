@@ -162,6 +162,7 @@ def _train_parser(commands) -> None:
     p = commands.add_parser("train", help="train a classifier on a folder of images", epilog=EPILOG_TRAIN,
                             formatter_class=functools.partial(_HelpFormatter, defaults=asdict(d)),
                             argument_default=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_train)
     p.add_argument("data", nargs="?", default=None, help="image folder (optional with --resume)")
     p.add_argument("--out", type=Path, default=None, help="run folder to write (default: runs/<data folder name>)")
     p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
@@ -252,6 +253,7 @@ def _serve_parser(commands) -> None:
 
     d = ServeConfig()
     p = commands.add_parser("serve", help="a local web page and JSON API for a bundle", epilog=EPILOG_SERVE)
+    p.set_defaults(func=cmd_serve)
     p.add_argument("bundle", help="run folder or its model/ folder")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     p.add_argument("--port", type=int, default=8000)
@@ -282,6 +284,7 @@ def _serve_parser(commands) -> None:
 
 def _export_parser(commands) -> None:
     p = commands.add_parser("export", help="export a bundle to ONNX, checked against PyTorch", epilog=EPILOG_EXPORT)
+    p.set_defaults(func=cmd_export)
     p.add_argument("bundle", help="run folder or its model/ folder")
     p.add_argument("--format", choices=("onnx",), default="onnx")
     p.add_argument("--out", type=Path, metavar="FILE", help="default: BUNDLE/model.onnx, where --engine onnx finds it")
@@ -304,6 +307,7 @@ def _export_parser(commands) -> None:
 
 def _explain_parser(commands) -> None:
     p = commands.add_parser("explain", help="why the model decided: maps over the images", epilog=EPILOG_EXPLAIN)
+    p.set_defaults(func=cmd_explain)
     p.add_argument("bundle", help="run folder or its model/ folder")
     p.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files, folders or glob patterns")
     p.add_argument("--method", default="gradcam", metavar="M", help=f"{', '.join(EXPLAIN_METHODS)} (default gradcam)")
@@ -320,6 +324,7 @@ def _explain_parser(commands) -> None:
 
 def _similar_parser(commands) -> None:
     p = commands.add_parser("similar", help="the training images the model finds most alike", epilog=EPILOG_SIMILAR)
+    p.set_defaults(func=cmd_similar)
     p.add_argument("bundle", help="run folder or its model/ folder")
     p.add_argument("inputs", nargs="+", metavar="IMAGE", help="image files, folders or glob patterns")
     p.add_argument("--k", type=int, default=5, help="look-alikes per image")
@@ -332,6 +337,7 @@ def _similar_parser(commands) -> None:
 
 def _push_parser(commands) -> None:
     p = commands.add_parser("push", help="share a bundle on the Hugging Face Hub, with a model card", epilog=EPILOG_PUSH)
+    p.set_defaults(func=cmd_push)
     p.add_argument("bundle", metavar="RUN_OR_BUNDLE", help="run folder or its model/ folder")
     p.add_argument("repo_id", metavar="USER/REPO", help="the Hub model repo, created if absent")
     p.add_argument("--private", action="store_true", help="create the repo private (an existing one keeps its visibility)")
@@ -346,10 +352,12 @@ def _push_parser(commands) -> None:
 def _explain_commands(commands) -> None:
     _explain_parser(commands)
     p = commands.add_parser("layers", help="list the layers explain can map, with their output shapes")
+    p.set_defaults(func=cmd_layers)
     p.add_argument("bundle", help="run folder or its model/ folder")
     p.add_argument("--device", default="auto")
     _similar_parser(commands)
     p = commands.add_parser("report", help="write report.html for a training run: data, metrics, mistakes, calibration")
+    p.set_defaults(func=cmd_report)
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--out", type=Path, metavar="FILE", help="default: RUN_DIR/report.html")
     p.add_argument("--device", default="auto")
@@ -367,6 +375,7 @@ def _add_commands(parser: argparse.ArgumentParser) -> None:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_CommandParser)
     _train_parser(commands)
     p = commands.add_parser("evaluate", help="score a bundle on labelled images")
+    p.set_defaults(func=cmd_evaluate)
     p.add_argument("bundle", help="run folder or its model/ folder")
     p.add_argument("data", help="image folder (its test split, else validation, else every image)")
     p.add_argument("--out", type=Path, help="folder for metrics and plots (default: RUN_DIR/evaluation-<data folder name>-<split>, "
@@ -378,6 +387,7 @@ def _add_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--tta", choices=TTA_MODES, help=TTA_HELP)
     p.add_argument("--engine", choices=ENGINES, default="torch", help=ENGINE_HELP)
     p = commands.add_parser("predict", help="predict classes of new images", epilog=EPILOG_PREDICT)
+    p.set_defaults(func=cmd_predict)
     p.add_argument("bundle")
     p.add_argument("inputs", nargs="+", metavar="PATH", help="image files, folders or glob patterns")
     p.add_argument("--top-k", type=int, default=5)
@@ -399,6 +409,7 @@ def _add_commands(parser: argparse.ArgumentParser) -> None:
                                                    "in their order: shards 0/N ... N-1/N together are the whole output "
                                                    "(default: all)")
     p = commands.add_parser("calibrate-unknown", help="choose when predict answers 'unknown', from outlier images")
+    p.set_defaults(func=cmd_calibrate_unknown)
     p.add_argument("bundle")
     p.add_argument("--data", required=True, help="labelled in-distribution images (test, else validation, split)")
     p.add_argument("--outliers", required=True, help="folder of images of none of the classes")
@@ -407,6 +418,7 @@ def _add_commands(parser: argparse.ArgumentParser) -> None:
     p = commands.add_parser("audit", help="check a dataset: counts, imbalance, corrupt files, duplicates, leakage; "
                                           "with --labels also wrong labels, off-topic and low-quality images",
                             epilog=EPILOG_AUDIT)
+    p.set_defaults(func=cmd_audit)
     p.add_argument("data")
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--val-split", type=float, default=0.2)
@@ -423,8 +435,10 @@ def _add_commands(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="auto")
     p = commands.add_parser("models", help="list built-in models and timm architectures, with their pretrained "
                                            "weights and good starting points per device")
+    p.set_defaults(func=cmd_models)
     p.add_argument("pattern", nargs="?", default="", help="substring filter, e.g. mobilenet")
     p = commands.add_parser("demo", help="train, evaluate and predict on the bundled digits dataset")
+    p.set_defaults(func=cmd_demo)
     p.add_argument("--out", type=Path, default=Path("demo-output"))
     _serve_parser(commands)
     _export_parser(commands)
@@ -445,32 +459,25 @@ def _launch_processes(args) -> int:
     """--nproc N: this same command as N processes under torchrun, all writing one run folder,
     which is therefore decided here (a restarted job finds its checkpoint there)."""
     from .. import distributed
-    from ..train.run import default_run_dir
+    from ..rundir import choose_run_dir
 
     if distributed.from_environment().active:
         raise UsageError("--nproc starts the processes itself; under torchrun leave it out")
     argv = distributed.without_option(distributed.without_option(args.argv, "--nproc"), "--max-restarts")
     run_dir = args.resume
     if not args.resume:
-        if args.data is None:
-            raise UsageError("train needs a data folder: imgcls train DATA (or --resume RUN_DIR)")
-        run_dir = args.out or default_run_dir(args.data)
-        _refuse_existing_run(run_dir)
+        run_dir = choose_run_dir(args.data, args.out).root
         argv = distributed.without_option(argv, "--out") + ["--out", str(run_dir)]
     distributed.launch(args.nproc, args.max_restarts, argv, run_dir)
     return ExitStatus.OK
 
 
-def _refuse_existing_run(run_dir: Path) -> None:
-    if (run_dir / "checkpoint.pt").exists():
-        raise UsageError(f"'{run_dir}' already holds a run; continue it with --resume {run_dir} or choose another --out")
-
-
 def cmd_train(args) -> int:
     from .. import distributed
+    from ..rundir import RunDir, choose_run_dir
     from ..runtime import resolve_device
     from ..train.config import TrainConfig, read_settings
-    from ..train.run import default_run_dir, train
+    from ..train.run import train
 
     file_data, file_options = read_settings(args.config) if args.config else (None, {})
     args.data = args.data or file_data  # DATA given here wins over the file's, as every option does
@@ -480,22 +487,21 @@ def cmd_train(args) -> int:
     config = TrainConfig.from_options({**file_options, **given}, args.recipe)
     # Under torchrun every process runs this; they agree on one run folder, process 0's.
     ranks, _ = distributed.join(resolve_device(config.device))
-    run_dir = args.resume or distributed.broadcast_object(args.out or (default_run_dir(args.data) if args.data else None), ranks)
-    if args.resume or (distributed.restarted() and (run_dir / "checkpoint.pt").exists()):  # torchrun --max-restarts
-        result = train(args.data, run_dir, resume=True, progress=not args.no_progress)
-    else:
-        if args.data is None:
-            raise UsageError("train needs a data folder: imgcls train DATA (or --resume RUN_DIR)")
-        _refuse_existing_run(run_dir)
-        result = train(args.data, run_dir, config, progress=not args.no_progress)
+    if args.resume:
+        run, resume = RunDir(args.resume), True
+    elif distributed.restarted() and args.out and RunDir(args.out).checkpoint.exists():  # torchrun --max-restarts
+        run, resume = RunDir(args.out), True
+    else:  # train() refuses a folder that holds a run, on every process, before any writes
+        run, resume = RunDir(distributed.broadcast_object(args.out or choose_run_dir(args.data, None).root, ranks)), False
+    result = train(args.data, run.root, None if resume else config, resume=resume, progress=not args.no_progress)
     if not ranks.is_main:  # process 0 tells
         return ExitStatus.OK
     from . import render
 
+    run = RunDir(result.run_dir)
     print(render.metrics_summary(result.metrics))
-    report = result.run_dir / "report.html"
-    print(f"\nmodel:      {result.bundle_dir}\nevaluation: {result.run_dir / 'evaluation'}\nhistory:    {result.run_dir / 'history.csv'}"
-          + (f"\nreport:     {report}" if report.is_file() else ""))
+    print(f"\nmodel:      {result.bundle_dir}\nevaluation: {run.evaluation.root}\nhistory:    {run.history}"
+          + (f"\nreport:     {run.report}" if run.report.is_file() else ""))
     return ExitStatus.OK
 
 
@@ -589,12 +595,14 @@ def cmd_export(args) -> int:
 
 def _refresh_report(bundle: str) -> None:
     """The run's report.html, written again to show what was just added to its bundle's config.json."""
-    from ..explain.report import REPORT_FILE, write_report
     from ..models.bundle import outputs_folder
+    from ..rundir import RunDir
 
-    run_dir = outputs_folder(bundle)
-    if (run_dir / REPORT_FILE).is_file():
-        write_report(run_dir)
+    run = RunDir(outputs_folder(bundle))
+    if run.report.is_file():
+        from ..report.builder import report_run
+
+        report_run(run.root)
 
 
 def cmd_push(args) -> int:
@@ -669,36 +677,34 @@ def cmd_serve(args) -> int:
 
 def cmd_explain(args) -> int:
     from ..data.folders import expand_inputs
-    from ..explain.faithfulness import deletion_test
+    from ..explain.faithfulness import deletion_test, save_faithfulness
     from ..explain.maps import check_method, explain, save_explanations
-    from ..fileio import atomic_write_bytes, fresh_folder
+    from ..fileio import fresh_folder
     from ..predict.predictor import Predictor
+    from ..rundir import RunDir
 
     check_method(args.method)
     predictor = Predictor.load(args.bundle, device=args.device)
     explanations = explain(predictor, expand_inputs(args.inputs), args.method, args.class_name, args.layer)
-    out_dir = fresh_folder(args.out or predictor.run_dir / "explanations")  # the run folder, as evaluate's
+    out_dir = fresh_folder(args.out) if args.out else RunDir(predictor.run_dir).new_explanations()
     written = save_explanations(explanations, out_dir, predictor.config.multi_label or args.class_name is not None)
     print("\n".join(f"{path}  {item.label} {item.score:.1%}" for item, path in zip(explanations, written)))
     if args.faithfulness:
         result = deletion_test(predictor, explanations)
-        atomic_write_bytes(out_dir / "faithfulness.json", json.dumps(result, indent=2).encode())
+        details = save_faithfulness(result, out_dir)
         print(f"faithfulness {result['faithfulness']:.3f}: removing the most salient pixels first drops the score by "
               f"{result['salient_drop']:.3f} on average, removing random pixels by {result['random_drop']:.3f} "
-              f"({result['images']} maps; details in {out_dir / 'faithfulness.json'})")
+              f"({result['images']} maps; details in {details})")
     return ExitStatus.OK
 
 
 def cmd_layers(args) -> int:
     from ..explain.layers import describe_layers
     from ..predict.predictor import Predictor
+    from . import render
 
     predictor = Predictor.load(args.bundle, device=args.device)
-    print(f"{'layer':40} {'output':>16}  {'map':>11}  role")
-    for row in describe_layers(predictor.model, predictor.config.img_size):
-        role = ", ".join([name for name in ("default", "block") if row[name]]
-                         + ([] if row["reaches_output"] else ["no gradient from the logits (Grad-CAM is blank)"]))
-        print(f"{row['name']:40} {'x'.join(map(str, row['shape'])):>16}  map {'x'.join(map(str, row['map'])):>7}  {role}".rstrip())
+    print(render.layers(describe_layers(predictor.model, predictor.config.img_size)))
     return ExitStatus.OK
 
 
@@ -707,11 +713,12 @@ def cmd_similar(args) -> int:
     from ..explain.similar import find_similar, save_similar
     from ..fileio import fresh_folder
     from ..predict.predictor import Predictor
+    from ..rundir import RunDir
 
     paths = expand_inputs(args.inputs)
     predictor = Predictor.load(args.bundle, device=args.device)
     results = find_similar(predictor, paths, args.k, args.data, bundle_dir=predictor.bundle_dir)
-    out_dir = fresh_folder(args.out or predictor.run_dir / "similar")  # the run folder, as evaluate's
+    out_dir = fresh_folder(args.out) if args.out else RunDir(predictor.run_dir).new_similar()
     written = save_similar(predictor, paths, results, out_dir)
     print(json.dumps([{"path": str(p), "similar": r} for p, r in zip(paths, results)], indent=2, ensure_ascii=False))
     log.info("side-by-side images and similar.json in %s: %s", out_dir, ", ".join(p.name for p in written))
@@ -719,9 +726,9 @@ def cmd_similar(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from ..explain.report import write_report
+    from ..report.builder import report_run
 
-    print(write_report(args.run_dir, args.out, args.device))
+    print(report_run(args.run_dir, args.out, args.device))
     return ExitStatus.OK
 
 
@@ -772,23 +779,20 @@ def _end_quietly_on_a_closed_pipe() -> int:
     return int(ExitStatus.BROKEN_PIPE)
 
 
-CHECKPOINT = "checkpoint.pt"  # train.callbacks.CHECKPOINT_FILE, named here so a Ctrl-C message imports no torch
-
-
 def _interrupted_run(args, started_s: float) -> Path | None:
     """The run folder an interrupted `imgcls train` was writing, when it holds a checkpoint this process wrote."""
     if args.resume:
         return args.resume
-    if args.out:  # refused at the start if it held a run already, so a checkpoint there is this run's
-        candidates = [args.out]
-    else:  # default_run_dir took the first free name; --nproc passed it on to the processes as --out
-        from ..train.run import run_dir_names
+    from ..rundir import RunDir, default_run_dirs  # no torch: a Ctrl-C message answers at once
 
-        candidates = itertools.takewhile(Path.exists, run_dir_names(args.data)) if args.data else []
-    for run_dir in candidates:
-        checkpoint = run_dir / CHECKPOINT
+    if args.out:  # refused at the start if it held a run already, so a checkpoint there is this run's
+        candidates = [RunDir(args.out)]
+    else:  # choose_run_dir took the first free name; --nproc passed it on to the processes as --out
+        candidates = itertools.takewhile(lambda run: run.root.exists(), default_run_dirs(args.data)) if args.data else []
+    for run in candidates:
+        checkpoint = run.checkpoint
         if checkpoint.is_file() and checkpoint.stat().st_mtime >= started_s - 2:  # FAT and SMB stamp to 2 s
-            return run_dir
+            return run.root
     return None
 
 
@@ -826,7 +830,7 @@ def main(argv: list[str] | None = None) -> int:
             from ..runtime import keep_freed_memory
 
             keep_freed_memory()
-        status = int(globals()[f"cmd_{args.command.replace('-', '_')}"](args))
+        status = int(args.func(args))
         sys.stdout.flush()  # within the try: a reader that went away is caught below, not at exit
         return status
     except ImgclsError as err:

@@ -111,6 +111,16 @@ def models(rows: list[tuple[str, str, str]], starting_points: dict[str, tuple] |
     return text
 
 
+def layers(rows: list[dict]) -> str:
+    """explain.layers.describe_layers' rows: name, output shape, map size, and the role of each layer."""
+    lines = [f"{'layer':40} {'output':>16}  {'map':>11}  role"]
+    for row in rows:
+        role = ", ".join([name for name in ("default", "block") if row[name]]
+                         + ([] if row["reaches_output"] else ["no gradient from the logits (Grad-CAM is blank)"]))
+        lines.append(f"{row['name']:40} {'x'.join(map(str, row['shape'])):>16}  map {'x'.join(map(str, row['map'])):>7}  {role}".rstrip())
+    return "\n".join(lines)
+
+
 def unknown_trade_off(report: dict) -> str:
     columns = ["threshold", "in_distribution_kept", "accuracy_on_kept", "outliers_rejected"]
     rows = [[r[c] for c in columns] for r in report["trade_off"]]

@@ -250,10 +250,14 @@ def audit(root, val_split: float = 0.2, seed: int = 0, near_duplicates: bool = T
 
     near_duplicates=False skips perceptual hashing ('near_duplicates' is then None, not checked).
     """
+    return audit_dataset(discover(root, val_split=val_split, seed=seed), near_duplicates, hash_distance)
+
+
+def audit_dataset(dataset: LabelledImages, near_duplicates: bool = True, hash_distance: int = 4) -> dict:
+    """The audit of a dataset already discovered, split as it is: training audits its own split for the report."""
     if not 0 <= hash_distance <= MAX_HASH_DISTANCE:
         raise ImgclsError(f"hash_distance must be between 0 and {MAX_HASH_DISTANCE} bits, got {hash_distance}; "
                           "4 finds resized or re-encoded copies")
-    dataset = discover(root, val_split=val_split, seed=seed)
     entries = _entries(dataset)
     log.info("auditing %d images under '%s'", len(entries), dataset.root)
     infos = _map_threads(lambda entry: _inspect(entry[1].path, near_duplicates), entries, "auditing")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ImgclsError
+from ..errors import ImgclsError, UsageError
 from .images import is_image_path
 from .manifest import apply_manifest, read_manifest
 
@@ -262,8 +262,8 @@ def discover(
     if not root.is_dir():
         raise ImgclsError(f"data folder '{root}' does not exist or is not a folder")
     for name, value in (("val_split", val_split), ("test_split", test_split)):
-        if not 0 <= value < 1:
-            raise ImgclsError(f"{name} must be in [0, 1), got {value}")
+        if not 0 <= value < 1:  # an argument, not the data, is wrong (exit 2)
+            raise UsageError(f"{name} must be in [0, 1), got {value}")
 
     split_dirs = find_split_folders(root)
     if labels_csv is not None:

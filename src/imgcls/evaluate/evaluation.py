@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,8 +15,9 @@ import numpy as np
 from ..data.cache import decode_cached, default_cache_dir
 from ..data.folders import SPLIT_ALIASES, Sample, find_evaluation_images, find_split_folders, multi_hot
 from ..errors import UsageError
-from ..fileio import atomic_write_bytes, fresh_folder
+from ..fileio import atomic_write_bytes
 from ..models.bundle import BundleConfig
+from ..rundir import EvaluationDir, RunDir
 from . import metrics as M
 from . import plots
 
@@ -25,54 +27,65 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def _read_history(path: Path | None) -> list[dict]:
-    if path is None or not path.is_file():
-        return []
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
+PREDICTION_COLUMNS = ("path", "true", "predicted", "score", "true_score")
 
 
-def _predictions_csv(samples: list[Sample], probs: np.ndarray, classes: list[str]) -> bytes:
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(["path", "true", "predicted", "score", "true_score"])
+def prediction_rows(samples: list[Sample], probs: np.ndarray, classes: list[str]) -> list[dict]:
+    """One row per image, as predictions.csv holds them: its path, true classes (';'-joined), the predicted
+    class, its score and the best score of a true class (numbers as the CSV writes them)."""
+    rows = []
     for sample, row in zip(samples, probs):
         best = int(row.argmax())
         true_score = max(row[i] for i in sample.labels) if sample.labels else 0.0
-        writer.writerow([sample.path, ";".join(classes[i] for i in sample.labels), classes[best],
-                         f"{row[best]:.6f}", f"{true_score:.6f}"])
+        rows.append(dict(zip(PREDICTION_COLUMNS, (str(sample.path), ";".join(classes[i] for i in sample.labels),
+                                                  classes[best], f"{row[best]:.6f}", f"{true_score:.6f}"))))
+    return rows
+
+
+def _predictions_csv(rows: list[dict]) -> bytes:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=PREDICTION_COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
     return out.getvalue().encode()
 
 
-def write_evaluation(probs: np.ndarray, samples: list[Sample], config: BundleConfig, out_dir: str | Path,
-                     history_path: Path | None = None, uncalibrated: np.ndarray | None = None,
-                     split: str | None = None) -> dict:
-    """Compute every metric for `probs` (N, C) against `samples`' labels and write the files.
-    `uncalibrated`: the probabilities before temperature scaling, to report the ECE it fixed.
-    `split`: what the images were (test, validation, train, all), first in metrics.json."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+@dataclass
+class Evaluation:
+    """What write_evaluation computed: the metrics (metrics.json) and the rows of predictions.csv."""
+    metrics: dict
+    predictions: list[dict]
+
+
+def write_evaluation(probs: np.ndarray, samples: list[Sample], config: BundleConfig, out: EvaluationDir,
+                     history: list[dict] | None = None, uncalibrated: np.ndarray | None = None,
+                     split: str | None = None) -> Evaluation:
+    """Compute every metric for `probs` (N, C) against `samples`' labels and write the files into `out`.
+    `history`: the run's epochs, drawn as learning curves. `uncalibrated`: the probabilities before temperature
+    scaling, to report the ECE it fixed. `split`: what the images were (test, validation, train, all), first in
+    metrics.json."""
+    out.root.mkdir(parents=True, exist_ok=True)
     classes, hot = config.classes, multi_hot(samples, len(config.classes))
     metrics = {} if split is None else {"split": split}
     if config.multi_label:
         thresholds = np.asarray(config.thresholds or [0.5] * len(classes))
         metrics.update(M.multi_label_metrics(hot, probs, classes, thresholds))
-        plots.plot_pr_curves(hot, probs, classes, out_dir / "pr_curves.png")
+        plots.plot_pr_curves(hot, probs, classes, out.pr_curves_png)
     else:
         metrics.update(M.single_label_metrics(hot.argmax(1), probs, classes))
-        plots.write_confusion_csv(metrics["confusion_matrix"], classes, out_dir / "confusion_matrix.csv")
-        plots.plot_confusion_matrix(metrics["confusion_matrix"], classes, out_dir / "confusion_matrix.png")
-        plots.plot_reliability(M.reliability_bins(hot.argmax(1), probs), out_dir / "reliability.png")
+        plots.write_confusion_csv(metrics["confusion_matrix"], classes, out.confusion_csv)
+        plots.plot_confusion_matrix(metrics["confusion_matrix"], classes, out.confusion_png)
+        plots.plot_reliability(M.reliability_bins(hot.argmax(1), probs), out.reliability_png)
         if uncalibrated is not None:
             metrics["ece_before_calibration"] = M.expected_calibration_error(M.reliability_bins(hot.argmax(1), uncalibrated))
             metrics["temperature"] = config.temperature
-    history = _read_history(history_path)
     if history:
-        plots.plot_learning_curves(history, out_dir / "learning_curves.png")
-    atomic_write_bytes(out_dir / "classification_report.txt", metrics["classification_report"].encode())
-    atomic_write_bytes(out_dir / "predictions.csv", _predictions_csv(samples, probs, classes))
-    atomic_write_bytes(out_dir / "metrics.json", json.dumps(metrics, indent=2).encode())
-    return metrics
+        plots.plot_learning_curves(history, out.learning_curves_png)
+    rows = prediction_rows(samples, probs, classes)
+    atomic_write_bytes(out.classification_report, metrics["classification_report"].encode())
+    atomic_write_bytes(out.predictions, _predictions_csv(rows))
+    atomic_write_bytes(out.metrics, json.dumps(metrics, indent=2).encode())
+    return Evaluation(metrics, rows)
 
 
 # The name of the images scored when they are no split: a plain class-folder tree, or a labels CSV.
@@ -106,16 +119,15 @@ def evaluate(bundle: str | Path | Predictor, data_dir: str | Path, out_dir: str 
     predictor = bundle if isinstance(bundle, Predictor) else Predictor.load(bundle, device=device, engine=engine, tta=tta)
     samples = find_evaluation_images(data_dir, predictor.classes, split, predictor.config.multi_label, labels_csv)
     split = _split_scored(data_dir, split, labels_csv)
-    run_dir = predictor.run_dir
-    if out_dir is None and run_dir is None:
+    run = RunDir(predictor.run_dir) if predictor.run_dir is not None else None
+    if out_dir is None and run is None:
         raise UsageError("this model was not loaded from a folder, so there is no run folder to write into; pass out_dir")
-    # Not RUN_DIR/evaluation: that holds the validation results written by training.
-    out_dir = Path(out_dir) if out_dir else fresh_folder(run_dir / f"evaluation-{Path(data_dir).resolve().name}-{split}")
+    out = EvaluationDir(Path(out_dir)) if out_dir else run.new_evaluation(data_dir, split)
     decoded = decode_cached([s.path for s in samples], predictor.config.img_size, default_cache_dir())
     samples = [samples[i] for i in decoded.kept]
     logits = predictor.logits(decoded.pixels)
-    metrics = write_evaluation(predictor.scores(logits), samples, predictor.config, out_dir,
-                               history_path=run_dir / "history.csv" if run_dir else None, split=split,
-                               uncalibrated=None if predictor.config.multi_label else predictor.scores(logits, calibrated=False))
+    metrics = write_evaluation(predictor.scores(logits), samples, predictor.config, out,
+                               history=run.read_history() if run else None, split=split,
+                               uncalibrated=None if predictor.config.multi_label else predictor.scores(logits, calibrated=False)).metrics
     metrics["skipped"] = [{"path": str(p), "reason": r} for p, r in decoded.failed]
-    return metrics, out_dir
+    return metrics, out.root

@@ -17,10 +17,15 @@ colour would still see red in the "removed" cells. Ties (flat Grad-CAM regions) 
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 
 from ..errors import UsageError
+from ..fileio import atomic_write_bytes
 
+FAITHFULNESS_FILE = "faithfulness.json"  # beside the maps it scores
 GRID = 8  # 64 cells: 4 x 4 px on CIFAR, 28 x 28 px at 224
 STEPS = 20  # ~5% of the image per step
 RANDOM_ORDERS = 3  # averaged, so the baseline depends less on one draw
@@ -65,3 +70,8 @@ def deletion_test(predictor, explanations: list) -> dict:
     return {"method": explanations[0].method, "images": len(rows), "steps": STEPS,
             "salient_drop": float(salient), "random_drop": float(randomly),
             "faithfulness": float(salient - randomly), "per_image": rows}
+
+
+def save_faithfulness(result: dict, out_dir: str | Path) -> Path:
+    """Write deletion_test's `result` beside the maps it scored (save_explanations' folder); returns the file."""
+    return atomic_write_bytes(Path(out_dir) / FAITHFULNESS_FILE, json.dumps(result, indent=2).encode())

@@ -26,6 +26,7 @@ from ..data.folders import LabelledImages, discover
 from ..data.loader import to_model_input
 from ..errors import ImgclsError, UsageError
 from ..fileio import atomic_write, atomic_write_bytes, fresh_folder
+from ..rundir import DataSummary, RunDir
 from .maps import decode_inputs, require_torch_model
 from .overlay import tiles, to_png
 
@@ -33,7 +34,6 @@ log = logging.getLogger(__name__)
 
 INDEX_FILE, INDEX_META = "similar_index.safetensors", "similar_index.json"
 BATCH_SIZE = 64
-SPLIT_KEYS = ("val_split", "test_split", "seed", "multi_label", "labels_csv", "manifest")  # how the run split its data
 
 
 @torch.inference_mode()
@@ -50,15 +50,16 @@ def run_dataset(bundle_dir: Path, data_dir) -> LabelledImages:
     """The run's data, split as it trained on it: data.json says where the data is and how it was split;
     `data_dir` (not None) stands in for a data folder that moved. Look-alikes and the int8 export's
     calibration (export.quantize) read its splits."""
-    summary_path = bundle_dir.parent / "data.json"
-    summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
+    run = RunDir(bundle_dir.parent)
+    summary = run.read_data_summary() or DataSummary()
     if data_dir is None:
-        data_dir = summary.get("data_dir")
+        data_dir = summary.data_dir
         if data_dir is None:
-            raise UsageError(f"no training data known for '{bundle_dir}' (no data.json beside it); pass --data TRAIN_DIR")
+            raise UsageError(f"no training data known for '{bundle_dir}' (no {run.data_summary.name} beside it); "
+                             "pass --data TRAIN_DIR")
         if not Path(data_dir).is_dir():
-            raise ImgclsError(f"the training data '{data_dir}' recorded in {summary_path} is gone; pass --data TRAIN_DIR")
-    return discover(data_dir, **{k: summary[k] for k in SPLIT_KEYS if k in summary})
+            raise ImgclsError(f"the training data '{data_dir}' recorded in {run.data_summary} is gone; pass --data TRAIN_DIR")
+    return discover(data_dir, **summary.split_options())
 
 
 def _build(predictor, dataset: LabelledImages, bundle_dir: Path) -> tuple[np.ndarray, dict]:

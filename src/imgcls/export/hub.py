@@ -26,6 +26,7 @@ from ..errors import ImgclsError, UsageError
 from ..models.bundle import (CONFIG_FILE, HUB_BUNDLE_FOLDER, HUB_SCHEME, LABELS_FILE, WEIGHTS_FILE, BundleConfig,
                              find_bundle, load_bundle, update_bundle_config)
 from ..models.weights import first_line
+from ..rundir import DATA_SUMMARY_FILE, DataSummary, RunDir
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +34,6 @@ CARD_FILE = "README.md"
 LIBRARY_NAME = "imgcls"
 CARD_TAGS = ["image-classification", "imgcls", "timm"]
 BUNDLE_FILES = (CONFIG_FILE, WEIGHTS_FILE, LABELS_FILE)
-DATA_SUMMARY = "data.json"  # written by `imgcls train` beside the bundle (train.run)
-EVALUATION_METRICS = Path("evaluation") / "metrics.json"  # the same: the validation metrics in full
 # The record of the run (BundleConfig.settings) shown in the card, when present: what a reader
 # needs to judge or repeat the training; config.json holds all of it.
 CARD_SETTINGS = ("model", "mode", "pretrained", "epochs", "batch_size", "optimizer", "lr", "weight_decay",
@@ -89,14 +88,6 @@ def _public(value):
 
 def _is_local_path(text: str) -> bool:
     return text.startswith("~") or Path(text).is_absolute()
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def _cell(value) -> str:
@@ -169,24 +160,23 @@ def _numbers(values) -> str:
     return "(" + ", ".join(f"{v:.3f}" for v in values) + ")"
 
 
-def _folder_name(summary: dict) -> str | None:
+def _folder_name(summary: DataSummary) -> str | None:
     """The training data folder's own name: where it was, relative or absolute, is the trainer's business."""
-    data_dir = summary.get("data_dir")
-    return (Path(str(data_dir)).name or None) if data_dir else None
+    return (Path(str(summary.data_dir)).name or None) if summary.data_dir else None
 
 
-def _data_section(summary: dict) -> str:
-    counts = summary.get("counts")
+def _data_section(summary: DataSummary) -> str:
+    counts = summary.counts
     if not isinstance(counts, dict) or not counts:
         return ("## Training data\n\nNot recorded: the bundle was pushed without the run folder it was trained in "
-                f"(its {DATA_SUMMARY}).\n")
+                f"(its {DATA_SUMMARY_FILE}).\n")
     splits = [split for split, per_class in counts.items() if isinstance(per_class, dict) and per_class]
     classes = list(dict.fromkeys(name for split in splits for name in counts[split]))
     totals = ", ".join(f"{sum(counts[split].values())} {split}" for split in splits)
     folder = _folder_name(summary) or "unnamed"
     text = f"## Training data\n\nThe image folder `{folder}`: {totals} images.\n\n"
     text += _table(("class", *splits), [(name, *(counts[split].get(name, 0) for split in splits)) for name in classes])
-    skipped = summary.get("skipped") or []
+    skipped = summary.skipped
     if skipped:
         text += f"\n\n{len(skipped)} unreadable images were left out."
     return text + "\n"
@@ -255,11 +245,11 @@ def _usage_section(path: str) -> str:
             "and a JSON config that imgcls checks before it builds the model.\n")
 
 
-def model_card(config: BundleConfig, repo_id: str, revision: str | None = None, data_summary: dict | None = None,
+def model_card(config: BundleConfig, repo_id: str, revision: str | None = None, data_summary: DataSummary | None = None,
                metrics: dict | None = None, license: str | None = None) -> str:
     """The README.md of a pushed bundle. `data_summary` is the run's data.json, `metrics` its
     evaluation/metrics.json (config.metrics, a subset, stands in without them)."""
-    data_summary = data_summary or {}
+    data_summary = data_summary or DataSummary()
     folder = _folder_name(data_summary)
     path = HUB_SCHEME + repo_id + (f"@{revision}" if revision else "")
     sections = [_summary_section(config, repo_id), _model_section(config), _data_section(data_summary),
@@ -282,10 +272,9 @@ def stage(source: str | Path, folder: str | Path, repo_id: str, revision: str | 
             shutil.copyfile(bundle / name, target / name)
     config = update_bundle_config(target, weights_source=_public(config.weights_source),
                                   settings=_public(config.settings))
-    run = bundle.parent  # a run folder holds the bundle in model/, data.json and evaluation/ beside it
-    summary = _read_json(run / DATA_SUMMARY)
-    card = model_card(config, repo_id, revision, summary, _read_json(run / EVALUATION_METRICS) if summary else {},
-                      license)
+    run = RunDir(bundle.parent)  # a run folder holds the bundle in model/, data.json and evaluation/ beside it
+    summary = run.read_data_summary()
+    card = model_card(config, repo_id, revision, summary, run.evaluation.read_metrics() if summary else {}, license)
     (folder / CARD_FILE).write_text(card, encoding="utf-8")
     return sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file())
 

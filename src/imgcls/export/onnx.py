@@ -27,7 +27,8 @@ from ..fileio import atomic_write
 from ..models.bundle import BundleConfig, find_bundle, load_bundle
 from ..models.classifier import Classifier
 from ..predict.predictor import Predictor
-from .session import INPUT_NAME, ONNX_FILE, OUTPUT_NAME, OnnxModel
+from ..rundir import RunDir
+from ..predict.session import INPUT_NAME, ONNX_FILE, OUTPUT_NAME, OnnxModel
 
 onnx = require("onnx", "onnx")
 
@@ -41,7 +42,6 @@ OPSET = 17
 TOLERANCE = 1e-4
 RANDOM_IMAGES = 8  # uniform noise: every input value, unlike any photo
 REAL_IMAGES = 32  # photo statistics, sampled across the classes
-DATA_SUMMARY = "data.json"  # written by `imgcls train` beside the bundle: {"data_dir": ...}
 # torch < 2.5 has no `dynamo` argument; from 2.9 the default is the exporter that needs onnxscript.
 _TORCHSCRIPT_EXPORTER = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
 
@@ -56,12 +56,10 @@ class ExportResult:
 
 def _training_images(bundle: Path) -> tuple[list[Path], str]:
     """Images of the data the bundle was trained on, validation split first; none if unknown."""
-    try:
-        data_dir = Path(json.loads((bundle.parent / DATA_SUMMARY).read_text(encoding="utf-8"))["data_dir"])
-    except (OSError, ValueError, KeyError, TypeError):
+    summary = RunDir(bundle.parent).read_data_summary()
+    if summary is None or summary.data_dir is None or not Path(summary.data_dir).is_dir():
         return [], ""
-    if not data_dir.is_dir():
-        return [], ""
+    data_dir = Path(summary.data_dir)
     folder = find_split_folders(data_dir).get("validation", data_dir)
     return expand_inputs([str(folder)]), str(folder)
 

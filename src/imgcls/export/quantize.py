@@ -31,7 +31,7 @@ from ..fileio import atomic_write
 from ..models.bundle import find_bundle, read_bundle_config, update_bundle_config
 from ..models.classifier import tta_logits
 from ..train.calibration import fit_temperature
-from .session import INPUT_NAME, ONNX_FILE, OnnxModel, int8_path
+from ..predict.session import INPUT_NAME, ONNX_FILE, OnnxModel, int8_path
 
 log = logging.getLogger(__name__)
 

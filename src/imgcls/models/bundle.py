@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from .. import __version__
 from ..errors import ImgclsError, did_you_mean
 from ..fileio import atomic_write, atomic_write_bytes
+from ..rundir import BUNDLE_FOLDER
 from .classifier import TTA_MODES, Classifier
 from .registry import architecture_arguments, check_model_name, create_model
 from .weights import first_line
@@ -177,7 +178,7 @@ def find_bundle(path: str | Path) -> Path:
     if isinstance(path, str) and path.startswith(HUB_SCHEME):
         return _hub_snapshot(path)
     path = Path(path).expanduser()
-    for candidate in (path, path / "model"):
+    for candidate in (path, path / BUNDLE_FOLDER):
         if (candidate / CONFIG_FILE).is_file():
             return candidate
     raise ImgclsError(f"'{path}' is not a model bundle (no {CONFIG_FILE} in it or in its model/ folder)")

@@ -64,7 +64,7 @@ class Predictor:
         if engine == "torch":
             model, config = load_bundle(bundle_dir, device)
         elif engine in ("onnx", "onnx-int8"):
-            from ..export.session import load_onnx  # onnxruntime loads only for those who ask for it
+            from .session import load_onnx  # onnxruntime loads only for those who ask for it
 
             model, config = load_onnx(bundle_dir, device, int8=engine == "onnx-int8")
         else:

@@ -20,8 +20,8 @@ from ..data.images import UnreadableImage, decode_image, open_image
 from ..errors import ImgclsError, UsageError
 from ..extras import installed
 from ..explain.maps import EXPLAIN_METHODS, Explanation, check_method, explain
-from ..export.session import INT8_ONNX_FILE, ONNX_FILE
 from ..predict.predictor import Predictor
+from ..predict.session import INT8_ONNX_FILE, ONNX_FILE
 from .batching import Backend, DynamicBatcher
 from .config import ServeConfig
 from .lookalikes import LookAlikeIndex

@@ -2,19 +2,16 @@
 through `logs` and `trainer.stop_training` (the Keras callback contract)."""
 from __future__ import annotations
 
-import csv
 import io
 import logging
 import math
-from pathlib import Path
 
 import torch
 
 from ..fileio import atomic_write_bytes
+from ..rundir import RunDir
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT_FILE, HISTORY_FILE = "checkpoint.pt", "history.csv"
 
 
 class Callback:
@@ -72,29 +69,21 @@ class EarlyStopping(Callback):
             state["best_loss"], state["best_epoch"], state["wait"], state["best_state"])
 
 
-def write_history(run_dir: Path, history: list[dict]) -> None:
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(history[0]))
-    writer.writeheader()
-    writer.writerows(history)
-    atomic_write_bytes(Path(run_dir) / HISTORY_FILE, out.getvalue().encode())
-
-
 class HistoryCSV(Callback):
     """history.csv, rewritten whole each epoch so an interrupted run still has its curves."""
 
-    def __init__(self, run_dir: Path):
-        self.run_dir = Path(run_dir)
+    def __init__(self, run: RunDir):
+        self.run = run
 
     def on_epoch_end(self, trainer, logs):
-        write_history(self.run_dir, trainer.history)
+        self.run.write_history(trainer.history)
 
 
 class Checkpoint(Callback):
     """Everything --resume needs, written atomically after every epoch."""
 
-    def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / CHECKPOINT_FILE
+    def __init__(self, run: RunDir):
+        self.path = run.checkpoint
 
     def on_epoch_end(self, trainer, logs):
         buffer = io.BytesIO()

@@ -1,6 +1,5 @@
-"""`imgcls train`: folder of images -> trained, evaluated bundle in RUN_DIR.
-
-RUN_DIR/ model/ (the bundle)  history.csv  checkpoint.pt  data.json  args.yaml  evaluation/
+"""`imgcls train`: folder of images -> trained, evaluated bundle in RUN_DIR (its layout: rundir.RunDir),
+and the report that closes the run (imgcls.report), built from what training already holds.
 
 args.yaml holds the settings the run used, automatic choices resolved: `imgcls train --config
 RUN_DIR/args.yaml` trains with them again. The bundle's config.json keeps the same record.
@@ -11,15 +10,12 @@ process 0 writes the run folder, logs and the bundle.
 """
 from __future__ import annotations
 
-import itertools
-import json
 import logging
 import platform
 import time
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -33,16 +29,17 @@ from ..data.manifest import read_manifest
 from ..data.loader import Batches, to_model_input
 from ..distributed import Ranks, broadcast_object, broadcast_tensors, gather_rows, join, local_main_first, shard_rows
 from ..errors import ImgclsError, UsageError
-from ..evaluate.evaluation import write_evaluation
+from ..evaluate.evaluation import Evaluation, write_evaluation
 from ..evaluate.metrics import tune_thresholds
 from ..fileio import atomic_write_bytes
 from ..models.bundle import WEIGHTS_FILE, BundleConfig, find_bundle, read_bundle_config, save_bundle
 from ..models.classifier import IMAGENET_MEAN, IMAGENET_STD, Classifier
 from ..models.registry import check_model_name, create_model
 from ..models.weights import WeightsUnavailable, load_weights, pretrained_source
+from ..rundir import DataSummary, RunDir, choose_run_dir
 from ..runtime import compute_dtype, keep_freed_memory, resolve_device
 from .calibration import fit_temperature
-from .callbacks import CHECKPOINT_FILE, Checkpoint, EarlyStopping, EpochLog, HistoryCSV, Lookahead, ProgressBar, write_history
+from .callbacks import Checkpoint, EarlyStopping, EpochLog, HistoryCSV, Lookahead, ProgressBar
 from .config import DATA_KEY, TrainConfig, settings_yaml
 from .defaults import (MIN_BATCH, MIN_STEPS_PER_EPOCH, choose_img_size, choose_model, choose_schedule, median_side,
                        scratch_fallback)
@@ -205,10 +202,10 @@ def _synchronise_batchnorm(model: Classifier, config: TrainConfig, ranks: Ranks,
     return convert_sync_batchnorm(model)
 
 
-def _resume_state(run_dir: Path) -> dict:
-    path = run_dir / CHECKPOINT_FILE
+def _resume_state(run: RunDir) -> dict:
+    path = run.checkpoint
     if not path.is_file():
-        raise ImgclsError(f"nothing to resume in '{run_dir}': no {CHECKPOINT_FILE} (was training started there?)")
+        raise ImgclsError(f"nothing to resume in '{run.root}': no {path.name} (was training started there?)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
@@ -261,7 +258,7 @@ def _fit_probe_head(model: Classifier, config: TrainConfig, train_set: DecodedSp
 
 
 def _make_trainer(model: Classifier, config: TrainConfig, train_set: DecodedSplit, val_set: DecodedSplit,
-                  run_dir: Path, device: torch.device, progress: bool, probe: ProbeResult | None, ranks: Ranks,
+                  run: RunDir, device: torch.device, progress: bool, probe: ProbeResult | None, ranks: Ranks,
                   tracker: Tracker | None, teacher: torch.Tensor | None = None) -> Trainer:
     """The trainer for the mode: the whole network, the network but its frozen early layers
     (fine-tuning), or only the head on a frozen backbone; `teacher`: its probabilities of the training
@@ -277,7 +274,7 @@ def _make_trainer(model: Classifier, config: TrainConfig, train_set: DecodedSpli
         early_stopping.start_from(probe.val_loss, model)
     main = ranks.is_main  # one process shows and writes
     callbacks = ([ProgressBar()] if progress and main else []) + ([Lookahead()] if config.lookahead else []) + (
-        [EpochLog()] if main else []) + [early_stopping] + ([HistoryCSV(run_dir), Checkpoint(run_dir)] if main else []) + (
+        [EpochLog()] if main else []) + [early_stopping] + ([HistoryCSV(run), Checkpoint(run)] if main else []) + (
         [tracker] if tracker is not None else [])
     augment = build_augment(config.augment, img_size, targets.shape[1], config.multi_label)
     train_batches = Batches(train_set.pixels, targets, config.batch_size, shuffle=True, device=device,
@@ -299,9 +296,17 @@ def _make_trainer(model: Classifier, config: TrainConfig, train_set: DecodedSpli
     return Trainer(model, config, train_batches, val_batches, augment, loss_fn, callbacks, device, lr_scales, ranks)
 
 
-def _finish(model: Classifier, config: TrainConfig, dataset: LabelledImages, val_set: DecodedSplit, run_dir: Path,
+@dataclass
+class Finished:
+    """What closing a run produced: the saved bundle and the validation results."""
+    bundle_dir: Path
+    bundle_config: BundleConfig
+    evaluation: Evaluation
+
+
+def _finish(model: Classifier, config: TrainConfig, dataset: LabelledImages, val_set: DecodedSplit, run: RunDir,
             device: torch.device, weights_source: str, probe: ProbeResult | None, settings: dict,
-            started: float) -> tuple[Path, dict]:
+            history: list[dict], started: float) -> Finished:
     """Calibrate on validation, evaluate, and save the bundle, with the run's `settings` and its wall
     time since `started` (time.perf_counter) in the bundle and in args.yaml."""
     logits, _ = predict_logits(model, Batches(val_set.pixels, val_set.targets, max(config.batch_size, FEATURE_BATCH), device=device),
@@ -316,17 +321,15 @@ def _finish(model: Classifier, config: TrainConfig, dataset: LabelledImages, val
         data_fingerprint=dataset.fingerprint(), tta=config.tta, training_mode=config.resolved_mode(),
         weights_source=weights_source, settings=settings,
     )
-    metrics = write_evaluation(probs, val_set.samples, bundle_config, run_dir / "evaluation", run_dir / "history.csv",
-                               uncalibrated=None if config.multi_label else logits.softmax(1).numpy(), split="validation")
+    evaluation = write_evaluation(probs, val_set.samples, bundle_config, run.evaluation, history,
+                                  uncalibrated=None if config.multi_label else logits.softmax(1).numpy(), split="validation")
+    metrics = evaluation.metrics
     bundle_config.metrics = {k: metrics[k] for k in ("accuracy", "mAP", "macro_avg", "ece") if k in metrics}
     if probe is not None:  # the floor a transferred model must beat, reported beside it
         bundle_config.metrics["linear_probe_accuracy"] = probe.val_accuracy
     bundle_config.wall_time_s = round(time.perf_counter() - started, 1)
-    _write_settings(run_dir, settings, bundle_config.wall_time_s)
-    return save_bundle(model.cpu(), bundle_config, run_dir / "model"), metrics
-
-
-ARGS_FILE = "args.yaml"
+    _write_settings(run, settings, bundle_config.wall_time_s)
+    return Finished(save_bundle(model.cpu(), bundle_config, run.bundle), bundle_config, evaluation)
 
 
 def _settings(config: TrainConfig, device: torch.device, data_dir: Path, fingerprint: str, started_at: str) -> dict:
@@ -344,38 +347,26 @@ def _settings(config: TrainConfig, device: torch.device, data_dir: Path, fingerp
             "python_version": platform.python_version()}
 
 
-def _write_settings(run_dir: Path, settings: dict, wall_time_s: float) -> None:
+def _write_settings(run: RunDir, settings: dict, wall_time_s: float) -> None:
     comment = (f"The settings of this run, automatic choices resolved, and what it ran on. To train with them again:\n"
-               f"  imgcls train --config {run_dir / ARGS_FILE} --out NEW_RUN_DIR\n"
+               f"  imgcls train --config {run.args} --out NEW_RUN_DIR\n"
                "Options given on that command line win over these; the record below the options is not read back.")
-    atomic_write_bytes(run_dir / ARGS_FILE, settings_yaml({**settings, "wall_time_s": wall_time_s}, comment).encode())
-
-
-def run_dir_names(data_dir: str | Path) -> Iterator[Path]:
-    """Where a run on `data_dir` without a chosen folder may go, in order: runs/<data folder name>, -2, -3, ..."""
-    base = Path("runs") / (Path(data_dir).resolve().name or "run")
-    yield base
-    for n in itertools.count(2):
-        yield base.with_name(f"{base.name}-{n}")
-
-
-def default_run_dir(data_dir: str | Path) -> Path:
-    """The first of run_dir_names not taken: a new run never lands in an old one."""
-    return next(path for path in run_dir_names(data_dir) if not path.exists())
+    atomic_write_bytes(run.args, settings_yaml({**settings, "wall_time_s": wall_time_s}, comment).encode())
 
 
 def train(data_dir: str | Path | None, run_dir: str | Path | None = None, config: TrainConfig | None = None,
           resume: bool = False, progress: bool = True) -> TrainResult:
     """Train on `data_dir` and write the bundle, evaluation and settings to `run_dir` (default: a new
-    runs/<data folder name>). With resume=True the configuration and data folder come from run_dir's checkpoint."""
-    if run_dir is None and (resume or data_dir is None):
-        raise ImgclsError("no run folder given" if resume else "no data folder given")
-    run_dir = Path(run_dir) if run_dir is not None else default_run_dir(data_dir)
-    state = _resume_state(run_dir) if resume else None
+    runs/<data folder name>; one that holds a run already is refused, see rundir.choose_run_dir). With
+    resume=True the configuration and data folder come from run_dir's checkpoint."""
+    if resume and run_dir is None:
+        raise UsageError("no run folder given to resume; pass the RUN_DIR of the interrupted run")
+    if not resume and data_dir is None:
+        raise UsageError("train needs a data folder: imgcls train DATA (or --resume RUN_DIR)")
+    run = RunDir(Path(run_dir)) if resume else choose_run_dir(data_dir, run_dir)
+    state = _resume_state(run) if resume else None
     if state is not None:
         config, data_dir = TrainConfig.from_dict(state["config"]), data_dir or state["data_dir"]
-    if data_dir is None:
-        raise ImgclsError("no data folder given")
     data_dir = Path(data_dir).expanduser().resolve()  # stored in the checkpoint: --resume may run from another folder
     started, started_at = time.perf_counter(), datetime.now(timezone.utc).isoformat(timespec="seconds")
     keep_freed_memory()
@@ -412,10 +403,11 @@ def train(data_dir: str | Path | None, run_dir: str | Path | None = None, config
         _init_from_data(model, train_set.pixels, config.seed)
     model = _synchronise_batchnorm(model.to(device).to(memory_format=torch.channels_last), config, ranks, device)
     skipped = [{"path": str(p), "reason": r} for p, r in train_set.failed + val_set.failed]
+    summary = _data_summary(dataset, data_dir, fingerprint, img_size, skipped, config)
     if ranks.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _write_data_summary(run_dir, dataset, data_dir, img_size, skipped, config)
-    tracker = (make_tracker(config.logger, run_dir, _settings(config, device, data_dir, fingerprint, started_at))
+        run.root.mkdir(parents=True, exist_ok=True)
+        run.write_data_summary(summary)
+    tracker = (make_tracker(config.logger, run, _settings(config, device, data_dir, fingerprint, started_at))
                if ranks.is_main else None)
 
     loss_fn = make_loss(config, None)
@@ -423,37 +415,38 @@ def train(data_dir: str | Path | None, run_dir: str | Path | None = None, config
     if state is None and config.resolved_mode() in ("freeze", "finetune"):
         probe = _fit_probe_head(model, config, train_set, val_set, device, loss_fn, ranks)
     if _head_only(config):
-        history = _probe_history(run_dir, probe) if ranks.is_main else []  # the probe is the optimum of the head on fixed features: done
+        history = _probe_history(run, probe) if ranks.is_main else []  # the probe is the optimum of the head on fixed features: done
         if tracker is not None:
             tracker.on_epoch_end(None, history[0])
     else:
         teacher = (teacher_probabilities(config.distill_from, dataset.classes, [s.path for s in train_set.samples],
                                          train_set.targets, config.distill_temperature, device)
                    if config.distill_from else None)
-        trainer = _make_trainer(model, config, train_set, val_set, run_dir, device, progress, probe, ranks, tracker,
+        trainer = _make_trainer(model, config, train_set, val_set, run, device, progress, probe, ranks, tracker,
                                 teacher)
         if state is not None:
             trainer.load_state_dict(state)
-            log.info("resuming %s after epoch %d of %d", run_dir, trainer.epoch, config.epochs)
+            log.info("resuming %s after epoch %d of %d", run.root, trainer.epoch, config.epochs)
         elif config.time_budget_s is not None:
             trainer = fit_epochs_to_budget(trainer, config.time_budget_s - (time.perf_counter() - started),
                                            lambda epochs: _make_trainer(model, replace(config, epochs=epochs), train_set,
-                                                                        val_set, run_dir, device, progress, probe, ranks,
+                                                                        val_set, run, device, progress, probe, ranks,
                                                                         tracker, teacher))
             config = trainer.config
         trainer.extra_state = {"data_dir": str(data_dir), "img_size": img_size}
         history = trainer.fit()
     if not ranks.is_main:  # process 0 evaluates and saves
-        return TrainResult(run_dir, run_dir / "model", {}, history, skipped)
+        return TrainResult(run.root, run.bundle, {}, history, skipped)
     settings = _settings(config, device, data_dir, fingerprint, started_at)
-    bundle_dir, metrics = _finish(model, config, dataset, val_set, run_dir, device, start.weights_source, probe,
-                                  settings, started)
-    plots = {name: run_dir / "evaluation" / f"{name}.png" for name in ("confusion_matrix", "learning_curves")}
-    tracker.finish(metrics, {name: path for name, path in plots.items() if path.is_file()})
+    finished = _finish(model, config, dataset, val_set, run, device, start.weights_source, probe, settings, history,
+                       started)
+    evaluation = run.evaluation
+    plots = {"confusion_matrix": evaluation.confusion_png, "learning_curves": evaluation.learning_curves_png}
+    tracker.finish(finished.evaluation.metrics, {name: path for name, path in plots.items() if path.is_file()})
     if config.report:
-        _write_report(run_dir, device)
+        _write_report(run, model, finished, history, summary, dataset, val_set, device)
     log.info("trained in %.0fs", time.perf_counter() - started)
-    return TrainResult(run_dir, bundle_dir, metrics, history, skipped)
+    return TrainResult(run.root, finished.bundle_dir, finished.evaluation.metrics, history, skipped)
 
 
 def _head_only(config: TrainConfig) -> bool:
@@ -461,22 +454,33 @@ def _head_only(config: TrainConfig) -> bool:
     return config.resolved_mode() == "freeze" and config.augment == "none" and config.cache_features
 
 
-def _probe_history(run_dir: Path, probe: ProbeResult) -> list[dict]:
+def _probe_history(run: RunDir, probe: ProbeResult) -> list[dict]:
     """One history row for a head fitted in one go, so the report and curves have it."""
     history = [{"epoch": 1, "train_loss": float("nan"), "train_accuracy": probe.train_accuracy, "lr": 0.0,
                 "seconds": probe.seconds, "val_loss": probe.val_loss, "val_accuracy": probe.val_accuracy}]
-    write_history(run_dir, history)
+    run.write_history(history)
     return history
 
 
-def _write_report(run_dir: Path, device: torch.device) -> None:
-    """report.html closes every run; a report problem must not cost the trained model."""
-    from ..explain.report import write_report
+def _write_report(run: RunDir, model: Classifier, finished: Finished, history: list[dict], summary: DataSummary,
+                  dataset: LabelledImages, val_set: DecodedSplit, device: torch.device) -> None:
+    """report.html closes every run, built from what training holds: the model in memory, the decoded
+    validation images and their predictions, and an audit of the split it trained on. A report problem
+    must not cost the trained model."""
+    from ..data.audit import audit_dataset
+    from ..predict.predictor import Predictor
+    from ..report.builder import ReportInputs, write_report
 
     try:
-        write_report(run_dir, device=str(device))
+        # Grad-CAM needs gradients through the layers that a frozen-backbone run switched off.
+        predictor = Predictor(model.to(device).eval().requires_grad_(True), finished.bundle_config, device)
+        pixels = {str(sample.path): row for sample, row in zip(val_set.samples, val_set.pixels)}
+        inputs = ReportInputs(finished.bundle_config, finished.evaluation.metrics, finished.evaluation.predictions,
+                              history, summary, audit_dataset(dataset), predictor, pixels)
+        write_report(run, inputs)
     except Exception as err:  # the bundle is saved; `imgcls report RUN_DIR` can write it again
-        log.warning("report.html not written (%s: %s); run `imgcls report %s`", type(err).__name__, err, run_dir)
+        log.warning("%s not written (%s: %s); run `imgcls report %s`", run.report.name, type(err).__name__, err,
+                    run.root)
 
 
 def _warn_about_batch_size(images: int, batch_size: int | None) -> None:
@@ -506,12 +510,11 @@ def _warn_about_data(dataset: LabelledImages) -> None:
                     "optimistic. Run `imgcls audit %s` for the full list.", len(leaks), " = ".join(map(str, example[:2])), dataset.root)
 
 
-def _write_data_summary(run_dir: Path, dataset: LabelledImages, data_dir, img_size: int, skipped: list[dict],
-                        config: TrainConfig) -> None:
+def _data_summary(dataset: LabelledImages, data_dir: Path, fingerprint: str, img_size: int, skipped: list[dict],
+                  config: TrainConfig) -> DataSummary:
     """What the run saw, and how it split it, so look-alikes and the report rebuild the same split."""
-    summary = {"data_dir": str(data_dir), "classes": dataset.classes, "counts": dataset.counts(),
-               "img_size": img_size, "fingerprint": dataset.fingerprint(), "skipped": skipped,
-               "val_split": config.val_split, "test_split": config.test_split, "seed": config.seed,
-               "multi_label": config.multi_label, "labels_csv": config.labels_csv, "manifest": config.manifest,
-               "manifest_sha256": read_manifest(config.manifest, data_dir).sha256 if config.manifest else None}
-    atomic_write_bytes(run_dir / "data.json", json.dumps(summary, indent=2).encode())
+    return DataSummary(
+        data_dir=str(data_dir), classes=dataset.classes, counts=dataset.counts(), img_size=img_size,
+        fingerprint=fingerprint, skipped=skipped, val_split=config.val_split, test_split=config.test_split,
+        seed=config.seed, multi_label=config.multi_label, labels_csv=config.labels_csv, manifest=config.manifest,
+        manifest_sha256=read_manifest(config.manifest, data_dir).sha256 if config.manifest else None)

@@ -14,7 +14,9 @@ from pathlib import Path
 
 from ..choices import LOGGERS  # noqa: F401  (the names; the classes are below)
 from ..extras import require
+from ..rundir import RunDir
 from .callbacks import Callback
+
 MAX_PARAM_CHARS = 250  # MLflow refuses longer parameter values (its limit is 6,000 on servers, 250 on older ones)
 
 
@@ -39,20 +41,20 @@ def _flat(settings: dict, prefix: str = "") -> dict[str, str | int | float | boo
 class Tracker(Callback):
     """The csv tracker: history.csv is written by the run itself, so there is nothing more to do."""
 
-    def __init__(self, run_dir: Path, settings: dict):
-        self.run_dir, self.settings = Path(run_dir), settings
+    def __init__(self, run_folder: RunDir, settings: dict):
+        self.run_folder, self.settings = run_folder, settings
 
     def finish(self, metrics: dict, images: dict[str, Path]) -> None:
         """The run's final metrics and its plots (name -> PNG), once the bundle is saved."""
 
 
 class TensorBoardTracker(Tracker):
-    def __init__(self, run_dir: Path, settings: dict):
-        super().__init__(run_dir, settings)
+    def __init__(self, run_folder: RunDir, settings: dict):
+        super().__init__(run_folder, settings)
         require("tensorboard", "tensorboard")
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+        self.writer = SummaryWriter(str(self.run_folder.tensorboard))
         table = "\n".join(f"| {k} | {v} |" for k, v in _flat(settings).items())
         self.writer.add_text("settings", "| setting | value |\n| --- | --- |\n" + table)
 
@@ -75,14 +77,14 @@ class TensorBoardTracker(Tracker):
 
 
 class MLflowTracker(Tracker):
-    def __init__(self, run_dir: Path, settings: dict):
-        super().__init__(run_dir, settings)
+    def __init__(self, run_folder: RunDir, settings: dict):
+        super().__init__(run_folder, settings)
         self.mlflow = require("mlflow", "mlflow")
         if not os.environ.get("MLFLOW_TRACKING_URI"):  # a folder beside the run, needing no server or database
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 asks to opt in to its file store
-            self.mlflow.set_tracking_uri((self.run_dir / "mlruns").resolve().as_uri())
+            self.mlflow.set_tracking_uri(self.run_folder.mlruns.resolve().as_uri())
         self.mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", "imgcls"))
-        self.run = self.mlflow.start_run(run_name=self.run_dir.name)
+        self.run = self.mlflow.start_run(run_name=self.run_folder.root.name)
         self.mlflow.log_params({k: str(v)[:MAX_PARAM_CHARS] for k, v in _flat(settings).items()})
 
     def on_epoch_end(self, trainer, logs):
@@ -95,6 +97,6 @@ class MLflowTracker(Tracker):
         self.mlflow.end_run()
 
 
-def make_tracker(name: str, run_dir: Path, settings: dict) -> Tracker:
+def make_tracker(name: str, run_folder: RunDir, settings: dict) -> Tracker:
     """The tracker `--logger NAME` asks for (TrainConfig.validate has checked the name)."""
-    return {"csv": Tracker, "tensorboard": TensorBoardTracker, "mlflow": MLflowTracker}[name](run_dir, settings)
+    return {"csv": Tracker, "tensorboard": TensorBoardTracker, "mlflow": MLflowTracker}[name](run_folder, settings)

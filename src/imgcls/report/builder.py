@@ -1,4 +1,5 @@
-"""`imgcls report RUN_DIR`: one self-contained report.html of a training run, to read or send.
+"""report.html: one self-contained page of a training run, to read or send; the stage after training and
+evaluation, built from what they computed.
 
 Sections (their HTML ids): a summary of the run (`summary`: task, headline metrics, data, model,
 training time and settings), the dataset audit (`audit`), learning curves (`curves`), confusion
@@ -7,28 +8,35 @@ matrix (`confusion`), classification report (`report`), most-confused class pair
 (`suspect-labels`), calibration (`calibration`), a sample of correct predictions (`correct`) and, once
 `imgcls export --int8` has run, the int8 model's check against fp32 (`int8`).
 
-Everything comes from what training wrote (model/config.json, evaluation/metrics.json,
-predictions.csv and plots, data.json, history.csv), plus an audit of the data folder and Grad-CAM
-maps from the bundle. The page has no script and fetches nothing: images are embedded as data: URIs.
+`build_report(run, inputs)` takes everything in a ReportInputs: training passes what it holds (the
+model, the decoded validation images, their predictions, history, the audit), so nothing is loaded,
+decoded or audited twice; `ReportInputs.from_run` reads a finished run from disk for `imgcls report RUN`.
+The plots come from the run's evaluation folder. The page has no script and fetches nothing: images
+are embedded as data: URIs.
 """
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import random
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from ..errors import ImgclsError
 from ..evaluate.plots import MIN_BIN_IMAGES
 from ..fileio import atomic_write_bytes
-from ..models.bundle import CONFIG_FILE, find_bundle
-from ..train.callbacks import HISTORY_FILE
-from . import report_html as H
+from ..models.bundle import CONFIG_FILE, BundleConfig
+from ..rundir import DATA_SUMMARY_FILE, HISTORY_FILE, DataSummary, EvaluationDir, RunDir
+from . import blocks as H
+
+if TYPE_CHECKING:
+    from ..predict.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
-REPORT_FILE = "report.html"
 MISTAKES_SHOWN = 12  # the top losses: enough to see a pattern, few enough to look at each
 CORRECT_SHOWN = 8
 SUSPECTS_SHOWN = 6  # the likeliest wrong labels; the audit's review page has the rest
@@ -40,15 +48,37 @@ MAIN_SETTINGS = ("model", "mode", "pretrained", "epochs", "batch_size", "lr", "o
                  "augment", "label_smoothing", "early_stopping", "time_budget_s", "tta", "seed", "val_split", "precision")
 
 
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+@dataclass
+class ReportInputs:
+    """Everything the report shows, as training and evaluation computed it."""
+    bundle: BundleConfig
+    metrics: dict  # the validation metrics, as in evaluation/metrics.json
+    predictions: list[dict]  # the validation images' rows, as in evaluation/predictions.csv
+    history: list[dict]  # one row per epoch, as in history.csv
+    data: DataSummary | None  # None: the run recorded no data.json
+    audit: dict | None  # data.audit's report of the training data; None: the data folder is not at hand
+    predictor: Predictor  # for the Grad-CAM of the images shown
+    pixels: dict[str, np.ndarray] = field(default_factory=dict)  # decoded images by path; others are read from file
 
+    @classmethod
+    def from_run(cls, run: RunDir, device: str = "cpu") -> ReportInputs:
+        """The inputs of a finished run, read from its folder: its bundle, evaluation, history and data.json,
+        and an audit of its data folder, split as the run split it, where that folder is still there."""
+        from ..data.audit import audit_dataset
+        from ..data.folders import discover
+        from ..predict.predictor import Predictor
 
-def _read_csv(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    with open(path, newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
+        metrics = run.evaluation.read_metrics()
+        if not metrics:
+            raise ImgclsError(f"'{run.root}' has no evaluation/metrics.json; is it a finished `imgcls train` run?")
+        data = run.read_data_summary()
+        data_dir = data.data_dir if data else None
+        audited = None
+        if data_dir and Path(data_dir).is_dir():
+            audited = audit_dataset(discover(data_dir, **data.split_options()))
+        predictor = Predictor.load(run.root, device=device)
+        return cls(predictor.config, metrics, run.evaluation.read_predictions(), run.read_history(), data, audited,
+                   predictor)
 
 
 def _png(path: Path, caption: str) -> str:
@@ -70,29 +100,29 @@ def _headline_metrics(metrics: dict) -> list[tuple[str, str]]:
             + [(f"top-{k} accuracy", f"{v:.3f}") for k, v in metrics.get("top_k_accuracy", {}).items()])
 
 
-def _data_facts(data: dict, multi_label: bool) -> list[tuple[str, str]]:
-    classes, counts = data.get("classes") or [], data.get("counts") or {}
+def _data_facts(data: DataSummary, multi_label: bool) -> list[tuple[str, str]]:
+    classes, counts = data.classes, data.counts
     names = ", ".join(classes[:LISTED_CLASSES]) + (f" and {len(classes) - LISTED_CLASSES} more"
                                                    if len(classes) > LISTED_CLASSES else "")
     unit = "labels (an image counts once per label)" if multi_label else "images"
     split_sizes = ", ".join(f"{split} {sum(per_class.values())}" for split, per_class in counts.items())
-    return [("data folder", data.get("data_dir") or "not recorded"),
+    return [("data folder", data.data_dir or "not recorded"),
             ("classes", f"{len(classes)}: {names}" if classes else "not recorded"),
             (unit, split_sizes or "not recorded")]
 
 
-def _model_facts(bundle: dict) -> list[tuple[str, str]]:
-    weights = bundle.get("weights_source", "none")
-    return [("model", f"{bundle.get('architecture', '?')} at {bundle.get('img_size', '?')} px"),
-            ("training mode", bundle.get("training_mode", "not recorded")),
+def _model_facts(bundle: BundleConfig) -> list[tuple[str, str]]:
+    weights = bundle.weights_source
+    return [("model", f"{bundle.architecture} at {bundle.img_size} px"),
+            ("training mode", bundle.training_mode),
             ("starting weights", "none (random initialisation)" if weights == "none" else weights)]
 
 
-def _training_time(bundle: dict, history: list[dict]) -> str:
+def _training_time(bundle: BundleConfig, history: list[dict]) -> str:
     """The wall time the bundle stores; else the sum of history.csv's epoch times, said to be that."""
     epochs = f"{len(history)} epoch{'s' * (len(history) != 1)}" if history else "epochs not recorded"
-    if isinstance(bundle.get("wall_time_s"), (int, float)):
-        return f"{_duration(bundle['wall_time_s'])} from start to saved model, {epochs}"
+    if isinstance(bundle.wall_time_s, (int, float)):
+        return f"{_duration(bundle.wall_time_s)} from start to saved model, {epochs}"
     seconds = [float(row["seconds"]) for row in history if row.get("seconds")]
     if not seconds:
         return f"not recorded, {epochs}"
@@ -100,12 +130,12 @@ def _training_time(bundle: dict, history: list[dict]) -> str:
             "decoding, evaluation and saving come on top)")
 
 
-def _settings(bundle: dict, data: dict) -> str:
-    settings = bundle.get("settings")
-    if not isinstance(settings, dict) or not settings:  # bundles saved before imgcls stored them
-        known = [f"{key} {data[key]}" for key in ("seed", "val_split", "test_split") if data.get(key) is not None]
+def _settings(bundle: BundleConfig, data: DataSummary) -> str:
+    settings = bundle.settings
+    if not settings:  # bundles saved before imgcls stored them
+        known = [f"{key} {value}" for key in ("seed", "val_split", "test_split") if (value := getattr(data, key)) is not None]
         return H.note(f"The bundle does not store the settings it was trained with ('settings' in {CONFIG_FILE}); "
-                      f"data.json records {', '.join(known) or 'none of them'}.")
+                      f"{DATA_SUMMARY_FILE} records {', '.join(known) or 'none of them'}.")
     main = [key for key in MAIN_SETTINGS if key in settings]
     rest = sorted(settings.keys() - set(main))
 
@@ -116,22 +146,21 @@ def _settings(bundle: dict, data: dict) -> str:
             + (H.details(f"the other {len(rest)} settings", H.facts(pairs(rest), "settings")) if rest else ""))
 
 
-def _summary_section(bundle: dict, metrics: dict, data: dict, history: list[dict]) -> str:
+def _summary_section(inputs: ReportInputs) -> str:
     """What a reader asks first: which task, how good, on what data, which model, how long, how set up."""
+    metrics, data = inputs.metrics, inputs.data or DataSummary()
     multi = metrics.get("task") == "multi-label"
     task = ("multi-label: any number of classes per image" if multi else "single-label: one class per image")
     facts = ([("task", task), ("evaluated on", f"{metrics['n_images']} validation images")]
-             + _data_facts(data, multi) + _model_facts(bundle) + [("training time", _training_time(bundle, history))])
-    return H.headline(_headline_metrics(metrics)) + H.facts(facts) + _settings(bundle, data)
+             + _data_facts(data, multi) + _model_facts(inputs.bundle)
+             + [("training time", _training_time(inputs.bundle, inputs.history))])
+    return H.headline(_headline_metrics(metrics)) + H.facts(facts) + _settings(inputs.bundle, data)
 
 
-def _audit_section(summary: dict) -> str:
-    from ..data.audit import audit
-
-    data_dir = summary.get("data_dir")
-    if not data_dir or not Path(data_dir).is_dir():
+def _audit_section(report: dict | None, data: DataSummary | None) -> str:
+    if report is None:
+        data_dir = data.data_dir if data else None
         return H.note(f"The training data folder '{data_dir}' is not available here, so it was not audited.")
-    report = audit(data_dir, **{k: summary[k] for k in ("val_split", "seed") if k in summary})
     splits = list(report["counts"])
     rows = [[name] + [report["counts"][s][name] for s in splits] for name in report["classes"]]
     near = report["near_duplicates"]
@@ -169,27 +198,32 @@ def _is_correct(row: dict) -> bool:
     return row["predicted"] in row["true"].split(";")
 
 
-def _gallery(predictor, rows: list[dict], empty: str) -> str:
-    """Grad-CAM panels of the rows' images (of the predicted class), captioned with the truth."""
+def _gallery(inputs: ReportInputs, rows: list[dict], empty: str) -> str:
+    """Grad-CAM panels of the rows' images (of the predicted class), captioned with the truth. Images training
+    decoded are taken from inputs.pixels; the others are read from their files, where those still are."""
     from ..explain.maps import explain
     from ..explain.overlay import to_png
 
-    rows = [row for row in rows if Path(row["path"]).is_file()]
+    sources = {row["path"]: inputs.pixels.get(row["path"]) for row in rows}
+    rows = [row for row in rows if sources[row["path"]] is not None or Path(row["path"]).is_file()]
     if not rows:
         return H.note(empty)
-    explanations = explain(predictor, [row["path"] for row in rows], "gradcam")
-    by_path = {}
-    for item in explanations:  # multi-label: the first explanation is the top class
-        by_path.setdefault(item.path, item)
-    tiles = [H.tile(to_png(by_path[row["path"]].panel), Path(row["path"]).name,
+    panels = {}
+    for label in dict.fromkeys(row["predicted"] for row in rows):  # one map per image: its predicted class's
+        shown = [row for row in rows if row["predicted"] == label]
+        images = [row["path"] if sources[row["path"]] is None else sources[row["path"]] for row in shown]
+        for row, item in zip(shown, explain(inputs.predictor, images, "gradcam", class_name=label)):
+            panels[row["path"]] = item.panel
+    tiles = [H.tile(to_png(panels[row["path"]]), Path(row["path"]).name,
                     f"true {row['true']}, predicted {row['predicted']} ({float(row['score']):.1%})",
                     f"true class scored {float(row['true_score']):.1%}")
              for row in rows]
     return H.gallery(tiles)
 
 
-def _mistakes_section(predictor, predictions: list[dict], multi_label: bool) -> str:
+def _mistakes_section(inputs: ReportInputs, multi_label: bool) -> str:
     """The wrongly predicted validation images whose true class scored lowest; never a correct one."""
+    predictions = inputs.predictions
     wrong = sorted((row for row in predictions if not _is_correct(row)), key=lambda row: float(row["true_score"]))
     if not wrong:
         return H.note(f"No mistakes: the predicted class of every one of the {len(predictions)} validation images "
@@ -199,20 +233,19 @@ def _mistakes_section(predictor, predictions: list[dict], multi_label: bool) -> 
     wrong_means = "whose top class is none of their labels" if multi_label else "predicted wrongly"
     return (H.note(f"The validation images {wrong_means} ({which}), lowest score of the true class first, "
                    "with Grad-CAM of the predicted class.")
-            + _gallery(predictor, shown, "No validation image files are available to show."))
+            + _gallery(inputs, shown, "No validation image files are available to show."))
 
 
-def _suspect_labels_section(predictor, predictions: list[dict], multi_label: bool, data_dir) -> str:
+def _suspect_labels_section(inputs: ReportInputs, multi_label: bool) -> str:
     """Validation images the model gives to another class as confidently as that class's own images
     (confident learning's rule, clean.confident): the likeliest wrong labels among them."""
-    import numpy as np
-
     from ..clean.confident import suspects_among_predictions
 
+    predictions, data_dir = inputs.predictions, inputs.data.data_dir if inputs.data else None
     advice = f"Run `imgcls audit {data_dir or 'DATA'} --labels` to check every image, with a page to review them."
     if multi_label or not predictions:
         return H.note("Checked for single-label runs. " + advice)
-    index = {name: i for i, name in enumerate(predictor.classes)}
+    index = {name: i for i, name in enumerate(inputs.bundle.classes)}
     labels = np.array([index[row["true"]] for row in predictions])
     predicted = np.array([index[row["predicted"]] for row in predictions])
     found = suspects_among_predictions(np.array([float(row["true_score"]) for row in predictions]),
@@ -220,17 +253,17 @@ def _suspect_labels_section(predictor, predictions: list[dict], multi_label: boo
     rows = [predictions[i] for i in found[:SUSPECTS_SHOWN]]
     summary = (f"{len(found)} of {len(predictions)} validation images look like another class as surely as that "
                f"class's own images do; the labels of the first few may be wrong. ")
-    return H.note(summary + advice) + _gallery(predictor, rows, "None of them is available to show.") if rows else \
+    return H.note(summary + advice) + _gallery(inputs, rows, "None of them is available to show.") if rows else \
         H.note(f"No validation image is claimed by another class with confidence. {advice}")
 
 
-def _calibration_section(metrics: dict, evaluation: Path) -> str:
+def _calibration_section(metrics: dict, evaluation: EvaluationDir) -> str:
     if metrics.get("task") == "multi-label":
         return H.note("Reliability and ECE are computed for single-label tasks.")
     numbers = [("expected calibration error (15 bins)", f"{metrics['ece']:.3f}")]
     if "ece_before_calibration" in metrics:  # runs whose scores are temperature-scaled
         numbers.append((f"before temperature scaling (T = {metrics['temperature']:.3g})", f"{metrics['ece_before_calibration']:.3f}"))
-    return (H.headline(numbers) + _png(evaluation / "reliability.png", "reliability diagram: accuracy against confidence")
+    return (H.headline(numbers) + _png(evaluation.reliability_png, "reliability diagram: accuracy against confidence")
             + H.note(f"Bins of fewer than {MIN_BIN_IMAGES} images are drawn pale: their accuracy is too uncertain to "
                      "read as miscalibration."))
 
@@ -247,46 +280,42 @@ def _int8_section(record: dict) -> str:
             + H.details("int8 recall per class", H.table(["class", "recall"], recall)))
 
 
-def build_report(run_dir: str | Path, device: str = "cpu") -> str:
-    """The report's HTML text for the run in `run_dir`."""
-    from ..predict.predictor import Predictor
-
-    run_dir = Path(run_dir)
-    evaluation = run_dir / "evaluation"
-    metrics = _read_json(evaluation / "metrics.json")
-    if not metrics:
-        raise ImgclsError(f"'{run_dir}' has no evaluation/metrics.json; is it a finished `imgcls train` run?")
-    summary = _read_json(run_dir / "data.json")
-    predictor = Predictor.load(run_dir, device=device)
-    predictions = _read_csv(evaluation / "predictions.csv")
+def build_report(run: RunDir, inputs: ReportInputs) -> str:
+    """The report's HTML text for the run in `run` (whose evaluation folder holds the plots)."""
+    metrics, predictions, evaluation = inputs.metrics, inputs.predictions, run.evaluation
     correct = [row for row in predictions if _is_correct(row)]
     sample = random.Random(SAMPLE_SEED).sample(correct, min(CORRECT_SHOWN, len(correct)))
     multi = metrics.get("task") == "multi-label"
     sections = [
-        ("summary", "Summary", _summary_section(_read_json(find_bundle(run_dir) / CONFIG_FILE), metrics, summary,
-                                                _read_csv(run_dir / HISTORY_FILE))),
-        ("audit", "Dataset audit", _audit_section(summary)),
-        ("curves", "Learning curves", _png(evaluation / "learning_curves.png", "loss and accuracy per epoch")),
+        ("summary", "Summary", _summary_section(inputs)),
+        ("audit", "Dataset audit", _audit_section(inputs.audit, inputs.data)),
+        ("curves", "Learning curves", _png(evaluation.learning_curves_png, "loss and accuracy per epoch")),
         ("confusion", "Precision-recall curves" if multi else "Confusion matrix",
-         _png(evaluation / ("pr_curves.png" if multi else "confusion_matrix.png"), "on the validation images")),
+         _png(evaluation.pr_curves_png if multi else evaluation.confusion_png, "on the validation images")),
         ("report", "Classification report", _report_section(metrics)),
         ("confused-pairs", "Most confused class pairs", _confused_section(metrics)),
-        ("mistakes", "Worst mistakes (top losses)", _mistakes_section(predictor, predictions, multi)),
-        ("suspect-labels", "Suspect labels", _suspect_labels_section(predictor, predictions, multi,
-                                                                    summary.get("data_dir"))),
+        ("mistakes", "Worst mistakes (top losses)", _mistakes_section(inputs, multi)),
+        ("suspect-labels", "Suspect labels", _suspect_labels_section(inputs, multi)),
         ("calibration", "Calibration", _calibration_section(metrics, evaluation)),
         ("correct", "Correct predictions (a random sample)",
-         _gallery(predictor, sample, "No correctly predicted validation image is available to show.")),
+         _gallery(inputs, sample, "No correctly predicted validation image is available to show.")),
     ]
-    if predictor.config.int8_export:
-        sections.append(("int8", "int8 model (imgcls export --int8)", _int8_section(predictor.config.int8_export)))
-    subtitle = f"{predictor.config.architecture} at {predictor.config.img_size} px, {len(predictor.classes)} classes - {run_dir.resolve()}"
-    return H.page(f"imgcls report: {run_dir.name}", subtitle, sections)
+    bundle = inputs.bundle
+    if bundle.int8_export:
+        sections.append(("int8", "int8 model (imgcls export --int8)", _int8_section(bundle.int8_export)))
+    subtitle = f"{bundle.architecture} at {bundle.img_size} px, {len(bundle.classes)} classes - {run.root.resolve()}"
+    return H.page(f"imgcls report: {run.root.name}", subtitle, sections)
 
 
-def write_report(run_dir: str | Path, out: str | Path | None = None, device: str = "cpu") -> Path:
-    """Write report.html (default RUN_DIR/report.html) and return its path."""
-    path = Path(out) if out else Path(run_dir) / REPORT_FILE
-    atomic_write_bytes(path, build_report(run_dir, device).encode("utf-8"))
+def write_report(run: RunDir, inputs: ReportInputs, out: str | Path | None = None) -> Path:
+    """Write the report of `run` to `out` (default RUN_DIR/report.html) and return its path."""
+    path = Path(out) if out else run.report
+    atomic_write_bytes(path, build_report(run, inputs).encode("utf-8"))
     log.info("report written to %s", path)
     return path
+
+
+def report_run(run_dir: str | Path, out: str | Path | None = None, device: str = "cpu") -> Path:
+    """`imgcls report RUN_DIR`: the report of a finished run, from what its folder holds. Returns the page's path."""
+    run = RunDir(Path(run_dir))
+    return write_report(run, ReportInputs.from_run(run, device), out)
