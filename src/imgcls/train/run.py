@@ -47,7 +47,7 @@ from .callbacks import CHECKPOINT_FILE, Checkpoint, EarlyStopping, EpochLog, His
 from .config import DATA_KEY, TrainConfig, settings_yaml
 from .defaults import (MIN_BATCH, MIN_STEPS_PER_EPOCH, choose_img_size, choose_model, choose_schedule, median_side,
                        scratch_fallback)
-from .loop import Trainer, count_correct, make_loss, predict_logits
+from .loop import CHECKPOINT_FORMAT, Extensions, Trainer, count_correct, make_loss, predict_logits
 from .probe import fit_linear_probe
 from .time_budget import fit_epochs_to_budget
 from .tracking import Tracker, make_tracker
@@ -212,9 +212,13 @@ def _resume_state(run_dir: Path) -> dict:
     if not path.is_file():
         raise ImgclsError(f"nothing to resume in '{run_dir}': no {CHECKPOINT_FILE} (was training started there?)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise ImgclsError(f"checkpoint '{path}' is damaged ({type(err).__name__}); start a new run") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ImgclsError(f"checkpoint '{path}' was written by another version of imgcls and cannot be resumed by "
+                          f"{__version__}; start a new run (or resume with the version that wrote it)")
+    return state
 
 
 FEATURE_BATCH = 128  # images per forward pass when computing frozen features or validation logits
@@ -264,7 +268,7 @@ def _fit_probe_head(model: Classifier, config: TrainConfig, train_set: DecodedSp
 
 def _make_trainer(model: Classifier, config: TrainConfig, train_set: DecodedSplit, val_set: DecodedSplit,
                   run_dir: Path, device: torch.device, progress: bool, probe: ProbeResult | None, ranks: Ranks,
-                  tracker: Tracker | None) -> Trainer:
+                  tracker: Tracker | None, extensions: Extensions) -> Trainer:
     """The trainer for the mode: the whole network, the network but its frozen early layers
     (fine-tuning), or only the head on a frozen backbone."""
     mode, num_classes, img_size = config.resolved_mode(), train_set.targets.shape[1], train_set.pixels.shape[1]
@@ -294,7 +298,7 @@ def _make_trainer(model: Classifier, config: TrainConfig, train_set: DecodedSpli
         freeze_batchnorm = pretrained or config.batch_size < SMALL_BATCH
         callbacks.append(UnfreezeBackbone(config.head_epochs, freeze_batchnorm, frozen))
     return Trainer(model, config, train_batches, val_batches, augment, make_loss(config, weights), callbacks, device,
-                   lr_scales, ranks)
+                   lr_scales, ranks, extensions)
 
 
 def _finish(model: Classifier, config: TrainConfig, dataset: LabelledImages, val_set: DecodedSplit, run_dir: Path,
@@ -363,9 +367,11 @@ def default_run_dir(data_dir: str | Path) -> Path:
 
 
 def train(data_dir: str | Path | None, run_dir: str | Path | None = None, config: TrainConfig | None = None,
-          resume: bool = False, progress: bool = True) -> TrainResult:
+          resume: bool = False, progress: bool = True, extensions: Extensions | None = None) -> TrainResult:
     """Train on `data_dir` and write the bundle, evaluation and settings to `run_dir` (default: a new
-    runs/<data folder name>). With resume=True the configuration and data folder come from run_dir's checkpoint."""
+    runs/<data folder name>). With resume=True the configuration and data folder come from run_dir's checkpoint.
+    `extensions`: a caller's callbacks, optimizer and schedule (loop.Extensions)."""
+    extensions = extensions or Extensions()
     if run_dir is None and (resume or data_dir is None):
         raise ImgclsError("no run folder given" if resume else "no data folder given")
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(data_dir)
@@ -420,7 +426,8 @@ def train(data_dir: str | Path | None, run_dir: str | Path | None = None, config
         if tracker is not None:
             tracker.on_epoch_end(None, history[0])
     else:
-        trainer = _make_trainer(model, config, train_set, val_set, run_dir, device, progress, probe, ranks, tracker)
+        trainer = _make_trainer(model, config, train_set, val_set, run_dir, device, progress, probe, ranks, tracker,
+                                extensions)
         if state is not None:
             trainer.load_state_dict(state)
             log.info("resuming %s after epoch %d of %d", run_dir, trainer.epoch, config.epochs)
@@ -428,7 +435,7 @@ def train(data_dir: str | Path | None, run_dir: str | Path | None = None, config
             trainer = fit_epochs_to_budget(trainer, config.time_budget_s - (time.perf_counter() - started),
                                            lambda epochs: _make_trainer(model, replace(config, epochs=epochs), train_set,
                                                                         val_set, run_dir, device, progress, probe, ranks,
-                                                                        tracker))
+                                                                        tracker, extensions))
             config = trainer.config
         trainer.extra_state = {"data_dir": str(data_dir), "img_size": img_size}
         history = trainer.fit()
