@@ -37,6 +37,23 @@ def _trade_off(threshold: float, known_top: np.ndarray, known_correct: np.ndarra
     }
 
 
+def youden_threshold(known_top: np.ndarray, outlier_top: np.ndarray) -> float:
+    """The top-probability threshold that maximises Youden's J (kept in-distribution rate + rejected
+    outlier rate - 1), the lowest of equally good ones, from scikit-learn's ROC curve: one sort, where
+    trying every score as a threshold took N^2 comparisons (minutes for 100k images)."""
+    from sklearn.metrics import roc_curve
+
+    is_known = np.r_[np.ones(len(known_top)), np.zeros(len(outlier_top))]
+    # Every distinct score a threshold (drop_intermediate=False), highest first; the first, above all, keeps none.
+    false_kept, known_kept, thresholds = roc_curve(is_known, np.r_[known_top, outlier_top], drop_intermediate=False)
+    # J times both counts, in whole numbers: equally good thresholds compare equal, not by rounding noise.
+    youden = np.rint(known_kept * len(known_top)) * len(outlier_top) - np.rint(false_kept * len(outlier_top)) * len(known_top)
+    best = len(youden) - 1 - int(np.argmax(youden[::-1]))  # the last maximum: the lowest threshold
+    # Halfway down to the next lower score: the same images kept, but a score computed in another batch
+    # (a last-digit difference) cannot fall on the other side of the threshold.
+    return float(thresholds[best] + thresholds[best + 1]) / 2 if best + 1 < len(thresholds) else float(thresholds[best])
+
+
 def calibrate_unknown(bundle: str | Path, data_dir: str | Path, outliers: str | Path, save: bool = True) -> dict:
     """Pick `unknown_below` for a single-label bundle and store it in the bundle (unless save=False)."""
     from sklearn.metrics import roc_auc_score
@@ -52,12 +69,7 @@ def calibrate_unknown(bundle: str | Path, data_dir: str | Path, outliers: str | 
     known_top, outlier_top = known_probs.max(1), outlier_probs.max(1)
     known_correct = known_probs.argmax(1) == labels
 
-    candidates = np.unique(np.concatenate([known_top, outlier_top]))
-    youden = [(known_top >= t).mean() + (outlier_top < t).mean() for t in candidates]
-    best = int(np.argmax(youden))
-    # Halfway down to the next lower score: the same images kept, but a score computed in another batch
-    # (a last-digit difference) cannot fall on the other side of the threshold.
-    chosen = float(candidates[best] + candidates[best - 1]) / 2 if best > 0 else float(candidates[0])
+    chosen = youden_threshold(known_top, outlier_top)
     report = {
         "chosen": _trade_off(chosen, known_top, known_correct, outlier_top),
         "auroc": round(float(roc_auc_score(np.r_[np.ones(len(known_top)), np.zeros(len(outlier_top))],
