@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.cache import decode_cached, default_cache_dir
+from ..data.cache import decode_cached
 from ..data.folders import expand_inputs, find_evaluation_images
 from ..errors import ImgclsError
 from ..models.bundle import update_bundle_config
@@ -21,7 +21,7 @@ REPORTED_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 
 def _top_scores(predictor: Predictor, paths: list[Path], what: str) -> tuple[np.ndarray, list[int]]:
     """Probabilities of the readable images, and which of `paths` they are."""
-    decoded = decode_cached(paths, predictor.config.img_size, default_cache_dir())
+    decoded = decode_cached(paths, predictor.config.img_size, predictor.decode_cache)
     if not decoded.kept:
         raise ImgclsError(f"none of the {len(paths)} {what} images could be read")
     return predictor.probabilities(decoded.pixels), decoded.kept

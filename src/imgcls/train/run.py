@@ -27,7 +27,7 @@ import torch
 from .. import __version__
 from ..data.audit import find_leakage
 from ..data.augment import build_augment
-from ..data.cache import decode_cached, default_cache_dir
+from ..data.cache import DecodeCacheOptions, decode_cached
 from ..data.folders import LabelledImages, Sample, discover, multi_hot
 from ..data.manifest import read_manifest
 from ..data.loader import Batches, to_model_input
@@ -83,7 +83,8 @@ def _decode_split(samples: list[Sample], size: int, num_classes: int, workers: i
 
     with local_main_first(ranks), tqdm(total=len(samples), desc=f"decoding {desc}", unit="img", leave=False,
                                        disable=None if ranks.is_main else True) as bar:
-        decoded = decode_cached([s.path for s in samples], size, default_cache_dir(), workers, on_progress=bar.update)
+        decoded = decode_cached([s.path for s in samples], size, DecodeCacheOptions.from_environment(), workers,
+                                on_progress=bar.update)
     kept = [samples[i] for i in decoded.kept]
     if not kept:
         raise ImgclsError(f"none of the {len(samples)} {desc} images could be read")
