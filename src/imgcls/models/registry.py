@@ -1,11 +1,10 @@
 """One way to build any model by name: imgcls's built-in CNNs, or any timm architecture.
 
-A bundle stores the name and the keyword arguments given here, so `create_model(**config)`
-rebuilds exactly the trained architecture; `architecture_arguments` says which arguments a bundle may hold.
+A bundle stores the name, the class count and the input size: create_model rebuilds the trained
+architecture from them.
 """
 from __future__ import annotations
 
-import inspect
 import logging
 from dataclasses import dataclass
 from typing import Callable
@@ -33,10 +32,6 @@ BUILTIN_MODELS = {
 }
 # timm architectures are designed for 224 px; a from-scratch user on CPU rarely wants more.
 TIMM_DEFAULT_IMG_SIZE = 224
-# What a saved model may pass to a timm architecture: regularisation rates, which most timm families
-# takes. timm's other keywords include pretrained, pretrained_cfg(_overlay) (a URL), checkpoint_path
-# and features_only: they download, read files, or build something other than the saved classifier.
-TIMM_BUNDLE_ARGUMENTS = frozenset({"drop_rate", "drop_path_rate"})
 # What `imgcls models` suggests to start from, per device: timm architectures with ImageNet weights that
 # fine-tune well where they run. Parameter counts are timm's, for the 1000-class ImageNet model.
 STARTING_POINTS = {
@@ -77,15 +72,6 @@ def check_model_name(name: str) -> None:
             f"unknown model '{name}'{did_you_mean(name, [*BUILTIN_MODELS, *timm.list_models()])} "
             f"(built-in: {', '.join(BUILTIN_MODELS)}; or any name from `imgcls models`)"
         )
-
-
-def architecture_arguments(name: str) -> frozenset[str]:
-    """Keyword arguments a bundle may rebuild `name` with: a built-in model's own (sizes and rates,
-    all numbers), or TIMM_BUNDLE_ARGUMENTS; create_model itself sets the class count, channels and size."""
-    if name in BUILTIN_MODELS:
-        parameters = inspect.signature(BUILTIN_MODELS[name].build).parameters
-        return frozenset(parameters) - {"num_classes", "in_chans", "img_size"}
-    return TIMM_BUNDLE_ARGUMENTS
 
 
 def create_model(name: str, num_classes: int, img_size: int, in_chans: int = 3,

@@ -163,8 +163,7 @@ def _build_model(config: TrainConfig, num_classes: int, side: int | None, source
     check_model_name(config.model)
     config = replace(config, img_size=choose_img_size(config, side))
     torch.manual_seed(config.seed)
-    net = create_model(config.model, num_classes=num_classes, img_size=config.img_size, pretrained=config.pretrained,
-                       **(source.model_kwargs if source else {}))
+    net = create_model(config.model, num_classes=num_classes, img_size=config.img_size, pretrained=config.pretrained)
     weights_source = pretrained_source(net) if config.pretrained else "none"
     if config.weights:
         load_weights(net, config.weights)
@@ -316,7 +315,7 @@ def _finish(model: Classifier, config: TrainConfig, dataset: LabelledImages, val
         mean=tuple(model.mean.flatten().tolist()), std=tuple(model.std.flatten().tolist()),
         task="multi-label" if config.multi_label else "single-label", temperature=temperature,
         thresholds=tune_thresholds(val_set.targets.numpy(), probs).tolist() if config.multi_label else None,
-        data_fingerprint=dataset.fingerprint(), tta=config.tta, training_mode=config.resolved_mode(),
+        tta=config.tta, training_mode=config.resolved_mode(),
         weights_source=weights_source, settings=settings,
     )
     metrics = write_evaluation(probs, val_set.samples, bundle_config, run_dir / "evaluation", run_dir / "history.csv",
