@@ -216,8 +216,8 @@ def _resume_state(run_dir: Path) -> dict:
     except Exception as err:
         raise ImgclsError(f"checkpoint '{path}' is damaged ({type(err).__name__}); start a new run") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ImgclsError(f"checkpoint '{path}' was written by another version of imgcls and cannot be resumed by "
-                          f"{__version__}; start a new run (or resume with the version that wrote it)")
+        raise ImgclsError(f"checkpoint '{path}' was written by another version of imgcls, in a layout imgcls "
+                          f"{__version__} cannot resume; start a new run, or resume with the version that wrote it")
     return state
 
 
