@@ -37,7 +37,6 @@ from ..evaluate.evaluation import write_evaluation
 from ..evaluate.metrics import tune_thresholds
 from ..fileio import atomic_write_bytes
 from ..models.bundle import WEIGHTS_FILE, BundleConfig, find_bundle, read_bundle_config, save_bundle
-from ..models.builtin import WhiteningConv
 from ..models.classifier import IMAGENET_MEAN, IMAGENET_STD, Classifier
 from ..models.registry import check_model_name, create_model
 from ..models.weights import WeightsUnavailable, load_weights, pretrained_source
@@ -172,23 +171,21 @@ def _build_model(config: TrainConfig, num_classes: int, side: int | None, source
         load_weights(net, find_bundle(config.init_from) / WEIGHTS_FILE)
         weights_source = f"bundle:{find_bundle(config.init_from).resolve()}"
     mean, std = (source.mean, source.std) if source else (IMAGENET_MEAN, IMAGENET_STD)
-    pretrained_cfg = getattr(net, "pretrained_cfg", None) or {}
-    if config.pretrained and pretrained_cfg.get("mean"):
-        mean, std = tuple(pretrained_cfg["mean"]), tuple(pretrained_cfg["std"])
+    if config.pretrained:  # every model is a timm model: its pretrained_cfg says how its weights expect images
+        mean, std = tuple(net.pretrained_cfg["mean"]), tuple(net.pretrained_cfg["std"])
     return StartingPoint(Classifier(net, mean, std), config, weights_source)
 
 
-WHITENING_IMAGES = 2000  # enough patches (~2M) for a stable 12x12 covariance; ~1 s
+DATA_INIT_IMAGES = 2000  # enough for speedrun-cnn's whitening: ~2M patches, a stable 12x12 covariance; ~1 s
 
 
-def _fit_whitening(model: Classifier, pixels: np.ndarray, seed: int) -> None:
-    """Data-dependent first layers (speedrun-cnn's whitening) start from the training images' patch statistics."""
-    layers = [m for m in model.modules() if isinstance(m, WhiteningConv)]
-    if layers:
-        rows = np.random.default_rng(seed).permutation(len(pixels))[:WHITENING_IMAGES]
-        images = model.normalize(to_model_input(torch.from_numpy(pixels[np.sort(rows)])))
-        for layer in layers:
-            layer.fit(images)
+def _init_from_data(model: Classifier, pixels: np.ndarray, seed: int) -> None:
+    """A model with a data-dependent initialisation (an `init_from_data(images)` method, as speedrun-cnn's
+    whitening layer has) starts from the statistics of up to DATA_INIT_IMAGES training images."""
+    init_from_data = getattr(model.net, "init_from_data", None)
+    if init_from_data is not None:
+        rows = np.random.default_rng(seed).permutation(len(pixels))[:DATA_INIT_IMAGES]
+        init_from_data(model.normalize(to_model_input(torch.from_numpy(pixels[np.sort(rows)]))))
 
 
 SYNC_BATCHNORM_BELOW = 32  # images per process per batch below which BatchNorm statistics are too noisy alone
@@ -291,7 +288,7 @@ def _make_trainer(model: Classifier, config: TrainConfig, train_set: DecodedSpli
     elif mode == "finetune":
         lr_scales = layer_lr_scales(model, config.layer_decay)
         pretrained = config.starts_from_pretrained_weights()
-        frozen = frozen_early_layers(lr_scales) if pretrained else frozenset()
+        frozen = frozen_early_layers(model, config.layer_decay) if pretrained else frozenset()
         # Pretrained BatchNorm keeps its ImageNet statistics (as Keras' fine-tuning guide advises): the
         # probe head was fitted on features normalised with them. Trained instead, CIFAR-10 at 100 per
         # class fell from 75% to 39-41% validation after 2 epochs (bench/pretrained.py's data).
@@ -408,7 +405,7 @@ def train(data_dir: str | Path | None, run_dir: str | Path | None = None, config
         _warn_about_batch_size(len(train_set.samples), config.batch_size)  # a given one; choose_schedule fits its own
         config = choose_schedule(config, len(train_set.samples)).validate()
     if state is None and config.resolved_mode() == "scratch":
-        _fit_whitening(model, train_set.pixels, config.seed)
+        _init_from_data(model, train_set.pixels, config.seed)
     model = _synchronise_batchnorm(model.to(device).to(memory_format=torch.channels_last), config, ranks, device)
     skipped = [{"path": str(p), "reason": r} for p, r in train_set.failed + val_set.failed]
     if ranks.is_main:
