@@ -25,8 +25,9 @@ def test_import_imgcls_is_fast_because_torch_loads_on_the_first_call():
 
 
 def test_the_api_is_exported_typed_and_documented():
-    assert set(imgcls.__all__) == {"train", "evaluate", "predict", "load", "audit"}
-    for name in imgcls.__all__:
+    assert set(imgcls.__all__) == {"train", "evaluate", "predict", "load", "audit", "Callback"}
+    assert "on_epoch_begin" in vars(imgcls.Callback) and "Subclass" in imgcls.Callback.__doc__
+    for name in set(imgcls.__all__) - {"Callback"}:
         function = getattr(imgcls, name)
         signature = inspect.signature(function)
         assert "Returns" in (function.__doc__ or ""), name

@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgcls.data.cache import _slot, decode_all, decode_cached, default_cache_dir
+from imgcls.data.cache import DecodeCacheOptions, _slot, decode_all, decode_cached
 from imgcls.data.folders import discover
 from imgcls.train.run import _decode_split
 
 
 @pytest.fixture
 def cache_dir(tmp_path, monkeypatch) -> Path:
-    """The cache every call in the test uses, default_cache_dir() included: never ~/.cache."""
+    """The cache every call in the test uses, DecodeCacheOptions.from_environment() included: never ~/.cache."""
     folder = tmp_path / "cache"
     monkeypatch.setenv("IMGCLS_CACHE_DIR", str(folder))
     return folder
@@ -47,8 +47,8 @@ def _snapshot(folder: Path) -> dict:
 
 
 def test_a_second_decode_maps_the_first_ones_array_and_equals_it_exactly(photos, cache_dir):
-    first = decode_cached(photos, 16, cache_dir)
-    second = decode_cached(photos, 16, cache_dir)
+    first = decode_cached(photos, 16, DecodeCacheOptions(cache_dir))
+    second = decode_cached(photos, 16, DecodeCacheOptions(cache_dir))
 
     assert first.cached is None and second.cached is not None and second.cached.parent == cache_dir
     np.testing.assert_array_equal(second.pixels, first.pixels)
@@ -59,10 +59,10 @@ def test_a_second_decode_maps_the_first_ones_array_and_equals_it_exactly(photos,
 
 
 def test_unreadable_files_are_still_reported_and_warned_about_on_a_cache_hit(photos, cache_dir, caplog):
-    first = decode_cached(photos, 16, cache_dir)
+    first = decode_cached(photos, 16, DecodeCacheOptions(cache_dir))
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        second = decode_cached(photos, 16, cache_dir)
+        second = decode_cached(photos, 16, DecodeCacheOptions(cache_dir))
 
     assert second.cached is not None and isinstance(second.pixels, np.memmap)  # mapped, not copied into memory
     assert second.failed == first.failed and [p for p, _ in second.failed] == [photos[2]]
@@ -71,36 +71,36 @@ def test_unreadable_files_are_still_reported_and_warned_about_on_a_cache_hit(pho
 
 
 def test_touching_or_replacing_a_file_decodes_again_and_replaces_the_old_entry(photos, cache_dir):
-    decode_cached(photos, 16, cache_dir)
+    decode_cached(photos, 16, DecodeCacheOptions(cache_dir))
     before = _snapshot(cache_dir)
     stat = photos[0].stat()
     os.utime(photos[0], ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
 
-    touched = decode_cached(photos, 16, cache_dir)
+    touched = decode_cached(photos, 16, DecodeCacheOptions(cache_dir))
 
     assert touched.cached is None
     after = _snapshot(cache_dir)
     assert after.keys() == before.keys() and after != before  # replaced, not added
     Image.new("RGB", (20, 20), "red").save(photos[0])
-    replaced = decode_cached(photos, 16, cache_dir)
+    replaced = decode_cached(photos, 16, DecodeCacheOptions(cache_dir))
     assert replaced.cached is None
     assert (replaced.pixels[0] == [255, 0, 0]).all()
-    assert decode_cached(photos, 16, cache_dir).cached is not None
+    assert decode_cached(photos, 16, DecodeCacheOptions(cache_dir)).cached is not None
 
 
 def test_another_size_or_file_list_is_a_separate_entry(photos, cache_dir):
-    decode_cached(photos, 16, cache_dir)
+    decode_cached(photos, 16, DecodeCacheOptions(cache_dir))
 
-    assert decode_cached(photos, 8, cache_dir).cached is None
-    assert decode_cached(photos[:-1], 16, cache_dir).cached is None
-    assert decode_cached(photos, 16, cache_dir).cached is not None
-    assert decode_cached(photos, 8, cache_dir).pixels.shape == (5, 8, 8, 3)
+    assert decode_cached(photos, 8, DecodeCacheOptions(cache_dir)).cached is None
+    assert decode_cached(photos[:-1], 16, DecodeCacheOptions(cache_dir)).cached is None
+    assert decode_cached(photos, 16, DecodeCacheOptions(cache_dir)).cached is not None
+    assert decode_cached(photos, 8, DecodeCacheOptions(cache_dir)).pixels.shape == (5, 8, 8, 3)
 
 
 @pytest.mark.parametrize("damage", ["truncated pixels", "garbled pixels", "pixels of another shape", "empty list",
                                     "garbled list"])
 def test_a_damaged_entry_is_ignored_with_a_warning_and_rebuilt(photos, cache_dir, caplog, damage):
-    expected = decode_cached(photos, 16, cache_dir).pixels.copy()
+    expected = decode_cached(photos, 16, DecodeCacheOptions(cache_dir)).pixels.copy()
     pixels, failures = sorted(cache_dir.glob("*.npy"))[0], sorted(cache_dir.glob("*.json"))[0]
     if damage == "truncated pixels":
         pixels.write_bytes(pixels.read_bytes()[:-100])
@@ -114,11 +114,11 @@ def test_a_damaged_entry_is_ignored_with_a_warning_and_rebuilt(photos, cache_dir
         failures.write_text('{"failed": [[99, "no such file"]]}')
 
     with caplog.at_level(logging.WARNING):
-        rebuilt = decode_cached(photos, 16, cache_dir)
+        rebuilt = decode_cached(photos, 16, DecodeCacheOptions(cache_dir))
 
     assert rebuilt.cached is None and "ignoring unreadable decode cache" in caplog.text
     np.testing.assert_array_equal(rebuilt.pixels, expected)
-    np.testing.assert_array_equal(decode_cached(photos, 16, cache_dir).pixels, expected)
+    np.testing.assert_array_equal(decode_cached(photos, 16, DecodeCacheOptions(cache_dir)).pixels, expected)
 
 
 def test_a_cache_that_cannot_be_written_only_costs_a_warning(photos, tmp_path, caplog):
@@ -126,7 +126,7 @@ def test_a_cache_that_cannot_be_written_only_costs_a_warning(photos, tmp_path, c
     blocked.parent.write_text("")
 
     with caplog.at_level(logging.WARNING):
-        decoded = decode_cached(photos, 16, blocked)
+        decoded = decode_cached(photos, 16, DecodeCacheOptions(blocked))
 
     assert decoded.kept == [0, 1, 3, 4, 5] and decoded.cached is None
     np.testing.assert_array_equal(decoded.pixels, decode_all(photos, 16).pixels)
@@ -139,7 +139,7 @@ def test_a_full_disk_only_costs_a_warning_and_leaves_no_partial_entry(photos, ca
     monkeypatch.setattr(os, "posix_fallocate", no_space, raising=False)
 
     with caplog.at_level(logging.WARNING):
-        decoded = decode_cached(photos, 16, cache_dir)
+        decoded = decode_cached(photos, 16, DecodeCacheOptions(cache_dir))
 
     assert decoded.kept == [0, 1, 3, 4, 5] and "No space left on device" in caplog.text
     np.testing.assert_array_equal(decoded.pixels, decode_all(photos, 16).pixels)
@@ -150,24 +150,25 @@ def test_nothing_is_written_beside_the_images(photos, cache_dir):
     folder = photos[0].parent
     before = _snapshot(folder)
 
-    decode_cached(photos, 16, cache_dir)
-    decode_cached(photos, 16, cache_dir)
+    decode_cached(photos, 16, DecodeCacheOptions(cache_dir))
+    decode_cached(photos, 16, DecodeCacheOptions(cache_dir))
 
     assert _snapshot(folder) == before
 
 
-def test_the_cache_folder_follows_the_environment_and_can_be_turned_off(tmp_path, monkeypatch):
-    monkeypatch.delenv("IMGCLS_CACHE_DIR", raising=False)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert default_cache_dir() == tmp_path / "xdg" / "imgcls" / "decoded"
-    monkeypatch.setenv("IMGCLS_CACHE_DIR", str(tmp_path / "mine"))
-    assert default_cache_dir() == tmp_path / "mine"
-    monkeypatch.setenv("IMGCLS_CACHE_DIR", "off")
-    assert default_cache_dir() is None
+def test_the_cache_options_default_to_the_environment_and_it_can_turn_the_cache_off(tmp_path):
+    xdg = {"XDG_CACHE_HOME": str(tmp_path / "xdg")}
+    assert DecodeCacheOptions.from_environment(xdg) == DecodeCacheOptions(tmp_path / "xdg" / "imgcls" / "decoded", 20.0)
+    mine = DecodeCacheOptions.from_environment({**xdg, "IMGCLS_CACHE_DIR": str(tmp_path / "mine"),
+                                                "IMGCLS_CACHE_MAX_GB": "2.5"})
+    assert mine == DecodeCacheOptions(tmp_path / "mine", max_gb=2.5)
+    assert DecodeCacheOptions.from_environment({"IMGCLS_CACHE_DIR": "off"}).directory is None
+    home = DecodeCacheOptions.from_environment({})
+    assert home.directory == Path.home() / ".cache" / "imgcls" / "decoded" and home.max_gb == 20.0
 
 
 def test_turned_off_it_decodes_and_writes_nothing(photos, tmp_path):
-    decoded = decode_cached(photos, 16, None)
+    decoded = decode_cached(photos, 16, DecodeCacheOptions(None))
 
     assert decoded.cached is None and decoded.kept == [0, 1, 3, 4, 5]
     assert not (tmp_path / "cache").exists()
@@ -231,39 +232,39 @@ def _age(cache_dir: Path, slot: str, seconds_ago: float) -> None:
         os.utime(file, (stamp, stamp))
 
 
-def test_over_its_budget_the_cache_drops_the_least_recently_used_entries(photos, cache_dir, monkeypatch):
+def test_over_its_budget_the_cache_drops_the_least_recently_used_entries(photos, cache_dir):
     """Entries at 16, 24 and 32 px; a hit on the oldest makes the middle one the least recently used,
     and with a budget that holds exactly those three, writing a fourth drops only that one."""
     for age, size in ((300, 16), (200, 24), (100, 32)):
-        decode_cached(photos, size, cache_dir)
+        decode_cached(photos, size, DecodeCacheOptions(cache_dir))
         _age(cache_dir, _slot(cache_dir, photos, size).name, age)
-    decode_cached(photos, 16, cache_dir)  # a hit: a use
+    decode_cached(photos, 16, DecodeCacheOptions(cache_dir))  # a hit: a use
     sizes = {size: sum(f.stat().st_size for f in cache_dir.glob(_slot(cache_dir, photos, size).name + ".*"))
              for size in (16, 24, 32)}
-    monkeypatch.setenv("IMGCLS_CACHE_MAX_GB", str(sum(sizes.values()) / 1e9))
     in_progress = cache_dir / ".another-run.npy.0123.tmp"
     in_progress.write_bytes(bytes(10_000))
 
-    decode_cached(photos, 12, cache_dir)
+    decode_cached(photos, 12, DecodeCacheOptions(cache_dir, max_gb=sum(sizes.values()) / 1e9))
 
     assert _entries(cache_dir) == {_slot(cache_dir, photos, size).name for size in (12, 16, 32)}
     assert in_progress.exists()
-    assert decode_cached(photos, 16, cache_dir).cached is not None
+    assert decode_cached(photos, 16, DecodeCacheOptions(cache_dir)).cached is not None
 
 
-def test_an_entry_larger_than_the_budget_is_still_kept_and_used(photos, cache_dir, monkeypatch):
-    monkeypatch.setenv("IMGCLS_CACHE_MAX_GB", "0")
-    decode_cached(photos, 16, cache_dir)
-    decode_cached(photos, 24, cache_dir)
+def test_an_entry_larger_than_the_budget_is_still_kept_and_used(photos, cache_dir):
+    decode_cached(photos, 16, DecodeCacheOptions(cache_dir, max_gb=0))
+    decode_cached(photos, 24, DecodeCacheOptions(cache_dir, max_gb=0))
     assert _entries(cache_dir) == {_slot(cache_dir, photos, 24).name}
-    assert decode_cached(photos, 24, cache_dir).cached is not None
+    assert decode_cached(photos, 24, DecodeCacheOptions(cache_dir)).cached is not None
 
 
 def test_a_budget_that_is_not_a_number_is_a_warning_and_the_default(photos, cache_dir, monkeypatch, caplog):
     monkeypatch.setenv("IMGCLS_CACHE_MAX_GB", "lots")
-    decode_cached(photos, 16, cache_dir)
-    decode_cached(photos, 24, cache_dir)
+    options = DecodeCacheOptions.from_environment()
+    decode_cached(photos, 16, options)
+    decode_cached(photos, 24, options)
     assert "IMGCLS_CACHE_MAX_GB='lots' is not a number of gigabytes; using 20" in caplog.text
+    assert options == DecodeCacheOptions(cache_dir, max_gb=20.0)
     assert len(_entries(cache_dir)) == 2
 
 

@@ -73,7 +73,7 @@ def hub_home(staged, tmp_path_factory):
     doctored = tmp_path_factory.mktemp("doctored") / "repo"
     shutil.copytree(staged, doctored)
     config = json.loads((doctored / "model" / "config.json").read_text())
-    config["model_kwargs"] = {"pretrained_cfg_overlay": {"url": "https://example.com/evil.pth"}}
+    config["img_size"] = 100_000  # ~30 GB per decoded image
     (doctored / "model" / "config.json").write_text(json.dumps(config))
     lay_out_cache(home / "hub", "someone/doctored", doctored)
     card_only = tmp_path_factory.mktemp("card-only") / "repo"
@@ -251,7 +251,7 @@ def test_cached_repo_loads_with_the_hub_unreachable(hub_cache, online_to_nowhere
 
 
 def test_hub_bundle_is_checked_as_a_local_one(hub_cache):
-    with pytest.raises(ImgclsError, match="pretrained_cfg_overlay.* refused"):
+    with pytest.raises(ImgclsError, match="img_size must be a whole number of pixels in .8, 4096., got 100000"):
         imgcls.load("hf://someone/doctored")
 
 

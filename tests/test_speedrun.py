@@ -21,7 +21,7 @@ from imgcls.runtime import compute_dtype
 from imgcls.train.callbacks import Lookahead
 from imgcls.train.config import TrainConfig
 from imgcls.train.run import train
-from imgcls.train.schedule import LrSchedule, build_optimizer
+from imgcls.train.schedule import build_optimizer, build_scheduler
 from imgcls.train.transfer import keep_frozen_batchnorm_in_eval
 
 
@@ -66,10 +66,11 @@ def test_shift_preset_moves_digits_without_mirroring_them():
 
 def test_triangular_schedule_rises_linearly_then_falls_to_zero():
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.4)
-    schedule = LrSchedule(optimizer, TrainConfig(schedule="triangular", warmup_fraction=0.2), total_steps=100)
+    schedule = build_scheduler(optimizer, TrainConfig(schedule="triangular", warmup_fraction=0.2), total_steps=100)
     lrs = []
     for _ in range(100):
         lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
         schedule.step()
     assert max(lrs) == pytest.approx(0.4) and int(np.argmax(lrs)) == 19
     assert lrs[60] == pytest.approx(0.4 * (1 - 40 / 80))
@@ -134,12 +135,12 @@ def test_speedrun_cnn_starts_as_identity_convs_and_trains_only_batchnorm_shifts(
 def test_lookahead_pulls_weights_to_their_slow_average_and_ends_on_it():
     model = torch.nn.Linear(1, 1, bias=False)
     torch.nn.init.zeros_(model.weight)
-    trainer = SimpleNamespace(model=model, schedule=SimpleNamespace(step_count=0, total_steps=10))
+    trainer = SimpleNamespace(model=model, epoch=0, step_count=0, total_steps=10)
     lookahead = Lookahead(every=5, decay=0.9)
     lookahead.on_train_begin(trainer)  # slow average: 0
     for step in range(1, 11):
         model.weight.data += 1  # a "step" of the fast weights
-        trainer.schedule.step_count = step
+        trainer.step_count = step
         lookahead.on_batch_end(trainer, None)
         if step == 5:  # pulled to 0.9**5 * 0.5**3 of the way back to the average of 0
             assert model.weight.item() == pytest.approx(5 * (1 - 0.9 ** 5 * 0.5 ** 3))
@@ -149,6 +150,7 @@ def test_lookahead_pulls_weights_to_their_slow_average_and_ends_on_it():
     assert model.weight.item() == pytest.approx(slow)  # the run ends on the average
     resumed = Lookahead()
     resumed.load_state_dict(lookahead.state_dict())  # --resume keeps the average rather than restarting it
+    trainer.epoch = 1  # as a resumed run's trainer is
     resumed.on_train_begin(trainer)
     assert torch.equal(resumed.slow[0], lookahead.slow[0])
 

@@ -30,7 +30,7 @@ def test_training_writes_a_self_contained_bundle_and_run_folder(trained_run):
     assert config["architecture"] == "cnn-bn" and config["img_size"] == 32 and config["task"] == "single-label"
     assert config["classes"] == [str(d) for d in range(10)]
     assert (run / "model/labels.txt").read_text().split() == config["classes"]
-    assert len(config["data_fingerprint"]) == 16 and config["imgcls_version"] == imgcls.__version__
+    assert len(config["settings"]["data_fingerprint"]) == 16 and config["imgcls_version"] == imgcls.__version__
 
 
 def test_three_epochs_on_real_digits_learn_far_above_chance(trained_run):
@@ -246,7 +246,8 @@ def test_a_run_records_every_option_as_used_in_its_bundle_and_in_args_yaml(train
     assert settings["lr"] == pytest.approx(2e-3 * 32 / 64) and settings["weight_decay"] == 0.05
     assert settings["mode"] == "scratch" and settings["device"] in ("cpu", "cuda") and settings["precision"] in ("fp32", "bf16")
     assert settings["pretrained"] is False and settings["epochs"] == 3 and settings["img_size"] == 32
-    assert settings["data"] == str(digits_dir.resolve()) and settings["data_fingerprint"] == bundle["data_fingerprint"]
+    assert settings["data"] == str(digits_dir.resolve()) and settings["data_fingerprint"] == json.loads(
+        (trained_run.run_dir / "data.json").read_text())["fingerprint"]
     assert settings["imgcls_version"] == imgcls.__version__ and settings["torch_version"] == torch.__version__
     assert settings["timm_version"] and settings["python_version"].count(".") == 2
     assert datetime.fromisoformat(settings["started_at"]).tzinfo is not None and bundle["wall_time_s"] > 0

@@ -64,7 +64,7 @@ def test_finetune_trains_the_head_first_then_everything_with_layer_wise_rates(tr
     config = TrainConfig(**{**TRANSFER, "epochs": 2}, init_from=str(trained_run.run_dir), mode="finetune", head_epochs=1)
     result = train(digits_dir, tmp_path / "run", config, progress=False)
     checkpoint = torch.load(result.run_dir / "checkpoint.pt", weights_only=True)
-    rates = sorted({group["base_lr"] for group in checkpoint["optimizer"]["param_groups"]})
+    rates = sorted({group["initial_lr"] for group in checkpoint["optimizer"]["param_groups"]})  # before the schedule
     assert len(rates) > 2  # one rate per depth
     source, moved = _weights(trained_run.run_dir), _weights(result.run_dir)
     assert not torch.equal(source["net.blocks.0.0.weight"], moved["net.blocks.0.0.weight"])  # unfrozen in epoch 2

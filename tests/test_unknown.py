@@ -12,6 +12,7 @@ import imgcls
 from imgcls.cli.main import main
 from imgcls.errors import UsageError
 from imgcls.predict.predictor import Predictor
+from imgcls.predict.unknown import youden_threshold
 
 
 @pytest.fixture()
@@ -55,3 +56,27 @@ def test_flip_tta_averages_the_image_and_its_mirror(trained_run, digits_dir):
     np.testing.assert_allclose(tta.logits(pixels), expected, atol=1e-5)
     with pytest.raises(UsageError, match="unknown test-time augmentation 'rot'"):
         Predictor.load(trained_run.run_dir, tta="rot")
+
+
+def youden_threshold_by_trying_every_score(known_top: np.ndarray, outlier_top: np.ndarray) -> float:
+    """The search calibrate-unknown ran before it used scikit-learn's ROC curve (N^2): the reference."""
+    candidates = np.unique(np.concatenate([known_top, outlier_top]))
+    youden = [(known_top >= t).mean() + (outlier_top < t).mean() for t in candidates]
+    best = int(np.argmax(youden))
+    return float(candidates[best] + candidates[best - 1]) / 2 if best > 0 else float(candidates[0])
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_unknown_threshold_is_the_one_trying_every_score_finds(seed):
+    generator = np.random.default_rng(seed)
+    known = generator.beta(5, 1.5, size=generator.integers(5, 300))  # confident on most in-distribution images
+    outliers = generator.beta(2, 2, size=generator.integers(5, 200))
+    if seed % 4 == 0:  # scores as a float32 softmax gives them: many ties
+        known, outliers = known.round(2), outliers.round(2)
+    assert youden_threshold(known, outliers) == pytest.approx(youden_threshold_by_trying_every_score(known, outliers),
+                                                              abs=1e-12)
+
+
+def test_the_unknown_threshold_keeps_every_image_when_nothing_separates_them():
+    scores = np.array([0.5, 0.7, 0.9])
+    assert youden_threshold(scores, scores) == 0.5  # the lowest score: no threshold rejects more outliers than images

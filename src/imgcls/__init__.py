@@ -25,10 +25,12 @@ if TYPE_CHECKING:
 
     from .data.images import ImageSource
     from .predict.predictor import Predictor
+    from .train.callbacks import Callback
+    from .train.loop import OptimizerFactory, SchedulerFactory
     from .train.run import TrainResult
 
 __version__ = "0.1.0"
-__all__ = ["audit", "evaluate", "load", "predict", "train"]
+__all__ = ["Callback", "audit", "evaluate", "load", "predict", "train"]
 
 
 @contextmanager
@@ -53,14 +55,21 @@ def _progress_lines() -> Iterator[None]:
 
 
 def train(data: str | Path | None = None, out: str | Path | None = None, *, recipe: str | None = None,
-          resume: bool = False, progress: bool = True, **options: Any) -> TrainResult:
+          resume: bool = False, progress: bool = True, callbacks: Sequence[Callback] = (),
+          optimizer: OptimizerFactory | None = None, scheduler: SchedulerFactory | None = None,
+          **options: Any) -> TrainResult:
     """Train a classifier on the image folder `data` and write the run to `out` (default: a new
     runs/<data folder name>; an `out` that holds a run already is refused with a UsageError, as the command
     refuses it: resume=True continues that run). `options` are TrainConfig's fields (epochs=10, model="resnet18", ...), over
     `recipe`'s defaults if one is named; resume=True continues the interrupted run in `out`.
+    Deeper control from Python: `callbacks`, imgcls.Callback instances whose hooks the loop calls;
+    `optimizer`, a function of the model (lambda model: torch.optim.SGD(model.parameters(), lr=0.01));
+    `scheduler`, a function of the optimizer and the run's number of optimizer steps, stepped after each
+    (a ReduceLROnPlateau after each epoch, on val_loss). A resumed run needs the same ones again.
     Returns the TrainResult: run_dir, bundle_dir, validation metrics, history, skipped images."""
     from .errors import UsageError
     from .train.config import TrainConfig
+    from .train.loop import Extensions
     from .train.run import train as train_run
 
     if resume and (options or recipe):
@@ -68,7 +77,8 @@ def train(data: str | Path | None = None, out: str | Path | None = None, *, reci
                          f"{', '.join(sorted(options) + (['recipe'] if recipe else []))}")
     config = None if resume else TrainConfig.from_options(options, recipe)
     with _progress_lines():
-        return train_run(data, out, config, resume=resume, progress=progress)
+        return train_run(data, out, config, resume=resume, progress=progress,
+                         extensions=Extensions(list(callbacks), optimizer, scheduler))
 
 
 def evaluate(model_or_run: str | Path | Predictor, data: str | Path, split: str | None = None, *,
@@ -132,6 +142,15 @@ def audit(data: str | Path, labels: bool = False, *, val_split: float = 0.2, see
 
             report["review_page"] = str(write_review_page(report, review))
     return report
+
+
+def __getattr__(name: str) -> Any:
+    """imgcls.Callback, the base of training callbacks, imported on first use (it needs torch)."""
+    if name == "Callback":
+        from .train.callbacks import Callback
+
+        return Callback
+    raise AttributeError(f"module 'imgcls' has no attribute '{name}'")
 
 
 # train, evaluate and predict are also the names of the subpackages that implement them, and importing a

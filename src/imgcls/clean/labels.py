@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.cache import decode_cached, default_cache_dir
+from ..data.cache import DecodeCacheOptions, decode_cached
 from ..data.folders import LabelledImages, Sample, discover
 from ..data.loader import Batches
 from ..errors import ImgclsError
@@ -73,7 +73,7 @@ def embed_images(dataset: LabelledImages, device: torch.device, pretrained: bool
             log.warning("no pretrained weights for %s, so images are compared by their pixels, which finds far fewer "
                         "wrong labels; pass --no-pretrained to silence this (%s)", PRETRAINED_MODEL, err)
     size = FEATURE_SIZE if backbone is not None else PIXEL_FEATURE_SIZE
-    decoded = decode_cached([sample.path for _, sample in entries], size, default_cache_dir())
+    decoded = decode_cached([sample.path for _, sample in entries], size, DecodeCacheOptions.from_environment())
     kept = [entries[i] for i in decoded.kept]
     if backbone is not None:
         dummy = torch.zeros(len(kept), 1)

@@ -6,14 +6,16 @@ the array on disk (`decode_cached`) lets every later run on the same files skip 
 evaluation, look-alikes and folder prediction read the same entries, so after training, evaluating
 its validation images or indexing its training images decodes nothing.
 
-The disk cache lives in $IMGCLS_CACHE_DIR, else $XDG_CACHE_HOME/imgcls/decoded, else
-~/.cache/imgcls/decoded; `IMGCLS_CACHE_DIR=off` (or `cache_dir=None`) turns it off. An entry is
+Where the cache lives and how much disk it may take are a DecodeCacheOptions, passed to decode_cached; its
+defaults come from the environment (DecodeCacheOptions.from_environment): $IMGCLS_CACHE_DIR, else
+$XDG_CACHE_HOME/imgcls/decoded, else ~/.cache/imgcls/decoded; `IMGCLS_CACHE_DIR=off` (or a directory of
+None) turns it off. An entry is
 SLOT.npy (the pixels of the readable files) and SLOT.json (the files' stamp, and
 which failed and why). SLOT names the list of paths, the image size, DECODE_VERSION and Pillow's version;
 the stamp hashes the byte size, mtime_ns and mode of every file, so an edited file decodes again and replaces
 the entry. Nothing is written beside the images; a cache that cannot be written or read costs a warning
-and a decode, never a run. The cache keeps within $IMGCLS_CACHE_MAX_GB (default 20): writing an entry
-removes the least recently used ones beyond it (a hit counts as a use).
+and a decode, never a run. The cache keeps within its budget ($IMGCLS_CACHE_MAX_GB, default 20): writing an
+entry removes the least recently used ones beyond it (a hit counts as a use).
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import PIL
@@ -61,25 +63,31 @@ class DecodedImages:
     cached: Path | None = None  # the cache file the pixels are mapped from; None when decoded just now
 
 
-def default_cache_dir() -> Path | None:
-    """Where decoded arrays persist between runs (see the module docstring); None when turned off."""
-    chosen = os.environ.get(CACHE_ENV)
-    if chosen:
-        return None if chosen.lower() == CACHE_OFF else Path(chosen).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "imgcls" / "decoded"
+@dataclass(frozen=True)
+class DecodeCacheOptions:
+    """Where decoded arrays persist between runs, and how much disk they may take."""
+
+    directory: Path | None  # None: no cache, every call decodes in memory
+    max_gb: float = DEFAULT_BUDGET_GB  # beyond it, writing an entry removes the least recently used ones
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] = os.environ) -> "DecodeCacheOptions":
+        """The options the environment sets (see the module docstring); a budget that is not a number
+        is a warning and the default, as a cache problem must never stop a run."""
+        chosen, value = environ.get(CACHE_ENV), environ.get(BUDGET_ENV, "")
+        if chosen:
+            directory = None if chosen.lower() == CACHE_OFF else Path(chosen).expanduser()
+        else:
+            directory = Path(environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "imgcls" / "decoded"
+        try:
+            max_gb = max(0.0, float(value)) if value else DEFAULT_BUDGET_GB
+        except ValueError:
+            log.warning("%s=%r is not a number of gigabytes; using %g", BUDGET_ENV, value, DEFAULT_BUDGET_GB)
+            max_gb = DEFAULT_BUDGET_GB
+        return cls(directory, max_gb)
 
 
-def _budget_bytes() -> int:
-    value = os.environ.get(BUDGET_ENV, "")
-    try:
-        gigabytes = float(value) if value else DEFAULT_BUDGET_GB
-    except ValueError:
-        log.warning("%s=%r is not a number of gigabytes; using %g", BUDGET_ENV, value, DEFAULT_BUDGET_GB)
-        gigabytes = DEFAULT_BUDGET_GB
-    return int(max(0.0, gigabytes) * 1e9)
-
-
-def _prune(cache_dir: Path, keep: Path) -> None:
+def _prune(cache_dir: Path, keep: Path, max_bytes: int) -> None:
     """Remove the least recently used entries while the cache is over its budget; `keep` (the entry just
     written) stays even alone over it. An entry's last use is its files' newest mtime (a hit touches it).
     Files of writes in progress (dot-names) are left alone; entries of older layouts are pruned like any."""
@@ -91,17 +99,17 @@ def _prune(cache_dir: Path, keep: Path) -> None:
             entries.setdefault(file.name.split(".")[0].split("-")[0], []).append((file, file.stat()))
         except FileNotFoundError:  # removed meanwhile by another run's pruning
             continue
-    total, budget = sum(st.st_size for files in entries.values() for _, st in files), _budget_bytes()
+    total = sum(st.st_size for files in entries.values() for _, st in files)
     by_last_use = sorted(entries.items(), key=lambda item: max(st.st_mtime for _, st in item[1]))
     for slot, files in by_last_use:
-        if total <= budget:
+        if total <= max_bytes:
             break
         if slot == keep.name:
             continue
         for file, st in files:
             file.unlink(missing_ok=True)  # a run that maps it keeps reading it: unlinking leaves open maps intact
             total -= st.st_size
-        log.info("decode cache over %s GB: removed its least recently used entry %s", budget / 1e9, slot)
+        log.info("decode cache over %s GB: removed its least recently used entry %s", max_bytes / 1e9, slot)
 
 
 def _file_stamp(path) -> str:
@@ -270,10 +278,11 @@ def _decode_and_store(entry: Path, paths: Sequence[Path], size: int, workers: in
     return decoded
 
 
-def decode_cached(paths: Sequence[Path], size: int, cache_dir: Path | None, workers: int | None = None,
+def decode_cached(paths: Sequence[Path], size: int, cache: DecodeCacheOptions, workers: int | None = None,
                   on_progress: Callable[[int], None] | None = None) -> DecodedImages:
-    """decode_all, reusing the array an earlier run decoded from the same unchanged files; `cache_dir`
-    is usually default_cache_dir(), and None decodes without the cache."""
+    """decode_all, reusing the array an earlier run decoded from the same unchanged files in
+    `cache.directory` (usually DecodeCacheOptions.from_environment()); no directory, no cache."""
+    cache_dir = cache.directory
     if cache_dir is None:
         return decode_all(paths, size, workers, on_progress)
     entry = _slot(cache_dir, paths, size)
@@ -293,7 +302,7 @@ def decode_cached(paths: Sequence[Path], size: int, cache_dir: Path | None, work
         if hit:
             os.utime(entry.with_suffix(".json"))  # the entry's last use, for pruning
         else:
-            _prune(Path(cache_dir), entry)
+            _prune(Path(cache_dir), entry, int(cache.max_gb * 1e9))
     except OSError as err:  # a read-only cache, or one that could not be written (already warned about)
         log.debug("decode cache %s not maintained (%s)", cache_dir, err)
     return decoded

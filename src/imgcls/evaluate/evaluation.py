@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..data.cache import decode_cached, default_cache_dir
+from ..data.cache import decode_cached
 from ..data.folders import SPLIT_ALIASES, Sample, find_evaluation_images, find_split_folders, multi_hot
 from ..errors import UsageError
 from ..fileio import atomic_write_bytes
@@ -123,7 +123,7 @@ def evaluate(bundle: str | Path | Predictor, data_dir: str | Path, out_dir: str 
     if out_dir is None and run is None:
         raise UsageError("this model was not loaded from a folder, so there is no run folder to write into; pass out_dir")
     out = EvaluationDir(Path(out_dir)) if out_dir else run.new_evaluation(data_dir, split)
-    decoded = decode_cached([s.path for s in samples], predictor.config.img_size, default_cache_dir())
+    decoded = decode_cached([s.path for s in samples], predictor.config.img_size, predictor.decode_cache)
     samples = [samples[i] for i in decoded.kept]
     logits = predictor.logits(decoded.pixels)
     metrics = write_evaluation(predictor.scores(logits), samples, predictor.config, out,

@@ -21,7 +21,7 @@ import torch
 from safetensors.numpy import load_file, save_file
 from torch import nn
 
-from ..data.cache import decode_all, decode_cached, default_cache_dir
+from ..data.cache import decode_all, decode_cached
 from ..data.folders import LabelledImages, discover
 from ..data.loader import to_model_input
 from ..errors import ImgclsError, UsageError
@@ -65,7 +65,7 @@ def run_dataset(bundle_dir: Path, data_dir) -> LabelledImages:
 def _build(predictor, dataset: LabelledImages, bundle_dir: Path) -> tuple[np.ndarray, dict]:
     samples = dataset.splits["train"]
     log.info("indexing %d training images of '%s' for look-alikes", len(samples), dataset.root)
-    decoded = decode_cached([s.path for s in samples], predictor.config.img_size, default_cache_dir())
+    decoded = decode_cached([s.path for s in samples], predictor.config.img_size, predictor.decode_cache)
     kept = [samples[i] for i in decoded.kept]
     meta = {"data_dir": str(dataset.root), "fingerprint": dataset.fingerprint(),
             "paths": [str(s.path) for s in kept],

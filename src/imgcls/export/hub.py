@@ -140,8 +140,7 @@ def _summary_section(config: BundleConfig, repo_id: str) -> str:
 
 def _model_section(config: BundleConfig) -> str:
     source = _public(config.weights_source)
-    rows = [("architecture", f"`{config.architecture}`"
-             + (f" with {json.dumps(config.model_kwargs)}" if config.model_kwargs else "")),
+    rows = [("architecture", f"`{config.architecture}`"),
             ("input", f"RGB, brought to {config.img_size} x {config.img_size} px ({config.resize}), normalised "
                       f"with mean {_numbers(config.mean)} and std {_numbers(config.std)}"),
             ("training", TRAINING_MODES.get(config.training_mode, config.training_mode)

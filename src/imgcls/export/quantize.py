@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.cache import decode_cached, default_cache_dir
+from ..data.cache import DecodeCacheOptions, decode_cached
 from ..data.folders import Sample
 from ..data.loader import to_model_input
 from ..errors import ImgclsError, UsageError
@@ -58,7 +58,7 @@ def _quantization():
 
 def _decoded(samples: list[Sample], size: int, what: str) -> tuple[np.ndarray, list[Sample]]:
     """Pixels of `samples` through the decode cache (training filled it), and the readable samples."""
-    decoded = decode_cached([s.path for s in samples], size, default_cache_dir())
+    decoded = decode_cached([s.path for s in samples], size, DecodeCacheOptions.from_environment())
     if not decoded.kept:
         raise ImgclsError(f"none of the {len(samples)} {what} images could be read; pass --data DATA_DIR")
     return decoded.pixels, [samples[i] for i in decoded.kept]

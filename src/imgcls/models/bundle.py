@@ -1,12 +1,12 @@
 """The saved model: a folder that reloads anywhere without imgcls's training code or pickle.
 
-  model/config.json        architecture + arguments, input size, normalisation, task, classes, thresholds
+  model/config.json        architecture, input size, normalisation, task, classes, thresholds
   model/model.safetensors  weights
   model/labels.txt         one class name per line, in output order
 
-A bundle is data, never instructions: config.json is checked against a schema when read, and its
-model_kwargs may hold only architecture arguments (registry.architecture_arguments), so loading a
-bundle from anywhere never downloads, never reads a file outside it, and never unpickles code.
+A bundle is data, never instructions: config.json is checked against a schema when read, and the
+architecture is rebuilt from its name alone, so loading a bundle from anywhere never downloads, never
+reads a file outside it, and never unpickles code.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from ..errors import ImgclsError, did_you_mean
 from ..fileio import atomic_write, atomic_write_bytes
 from ..rundir import BUNDLE_FOLDER
 from .classifier import TTA_MODES, Classifier
-from .registry import architecture_arguments, check_model_name, create_model
+from .registry import check_model_name, create_model
 from .weights import first_line
 
 log = logging.getLogger(__name__)
@@ -57,12 +57,10 @@ class BundleConfig:
     thresholds: list[float] | None = None  # multi-label: per-class, tuned on validation
     temperature: float = 1.0  # single-label: softmax(logits / T) is calibrated (fitted on validation)
     unknown_below: float | None = None  # answer 'unknown' under this top probability (imgcls calibrate-unknown)
-    model_kwargs: dict = field(default_factory=dict)  # extra architecture arguments
     resize: str = "squash"  # how images are brought to img_size (see data.images.decode_image)
     tta: str = "none"  # test-time augmentation predict/evaluate/serve use unless told otherwise (classifier.TTA_MODES)
     training_mode: str = "scratch"  # how it was trained: scratch, freeze (linear probe / head) or finetune
     weights_source: str = "none"  # what training started from: hf-hub:<repo>, file:<path>, bundle:<path> or none
-    data_fingerprint: str | None = None
     metrics: dict = field(default_factory=dict)  # validation metrics at save time, for `imgcls serve`
     # How it was trained: every option as used, the data folder, versions and start time (train.run); a record
     # only, which loading never acts on. Bundles saved before it have none.
@@ -80,8 +78,7 @@ class BundleConfig:
 
 def build_classifier(config: BundleConfig) -> Classifier:
     """The architecture with random weights: never timm's pretrained ones, which would mean a download."""
-    net = create_model(config.architecture, num_classes=len(config.classes), img_size=config.img_size,
-                       pretrained=False, **config.model_kwargs)
+    net = create_model(config.architecture, num_classes=len(config.classes), img_size=config.img_size, pretrained=False)
     return Classifier(net, config.mean, config.std)
 
 
@@ -185,6 +182,9 @@ def find_bundle(path: str | Path) -> Path:
 
 
 REQUIRED_FIELDS = ("architecture", "classes", "img_size", "mean", "std")
+# Fields older bundles hold that nothing reads any more, dropped on load: model_kwargs (always {} from
+# training) and data_fingerprint (also in settings, the run's record).
+RETIRED_FIELDS = {"model_kwargs", "data_fingerprint"}
 
 
 def _number(value) -> bool:
@@ -219,10 +219,8 @@ FIELD_RULES = {
     "std": (lambda v: _numbers(v) and len(v) in (1, 3) and min(v) > 0, "1 or 3 numbers above 0"),
     "temperature": (lambda v: _number(v) and v > 0, "a finite number above 0"),
     "unknown_below": (lambda v: v is None or _probability(v), "null or a probability in [0, 1]"),
-    "model_kwargs": (lambda v: isinstance(v, dict), "an object of architecture arguments"),
     "training_mode": (_text, "a string"),
     "weights_source": (_text, "a string"),
-    "data_fingerprint": (lambda v: v is None or _text(v), "null or a string"),
     "metrics": (lambda v: isinstance(v, dict), "an object"),
     "settings": (lambda v: isinstance(v, dict), "an object"),
     "wall_time_s": (lambda v: v is None or (_number(v) and v >= 0), "null or a number of seconds, 0 or more"),
@@ -256,24 +254,10 @@ def _check_fields(raw: dict, where: Path) -> None:
 
 
 def _check_architecture(raw: dict, where: Path) -> None:
-    """A known model, built only with arguments that shape it: timm also takes pretrained,
-    pretrained_cfg_overlay={'url': ...}, checkpoint_path=..., which would make loading a bundle
-    download a URL or read any file the config names."""
     try:
         check_model_name(raw["architecture"])
     except ImgclsError as err:
         raise ImgclsError(f"bundle config '{where}': architecture: {err}") from None
-    allowed = architecture_arguments(raw["architecture"])
-    for key, value in raw.get("model_kwargs", {}).items():
-        if key not in allowed:
-            raise ImgclsError(
-                f"bundle config '{where}': model_kwargs {_short(key)} refused: bundles may not carry it (a bundle "
-                f"is data: it may pass {raw['architecture']} only its shape and regularisation arguments, "
-                f"{', '.join(sorted(allowed)) or 'none'}, never one that could download or read a file); "
-                "remove it from the file")
-        if not (_number(value) or _numbers(value)):
-            raise ImgclsError(f"bundle config '{where}': model_kwargs {key!r} must be a number or a list of "
-                              f"numbers, got {_short(value)}")
 
 
 def _check_labels(folder: Path, classes: list[str]) -> None:
@@ -304,14 +288,18 @@ def _validated(raw, where: Path) -> BundleConfig:
     missing = [name for name in REQUIRED_FIELDS if name not in raw]
     if missing:
         raise ImgclsError(f"bundle config '{where}' is damaged: missing {', '.join(missing)}")
-    # Unknown fields are ignored, with a warning, not refused: they reach no code (only model_kwargs does,
-    # and it is allow-listed), and refusing them would make every bundle a newer imgcls saves unloadable here.
-    unknown = sorted(raw.keys() - BundleConfig.__dataclass_fields__.keys())
+    # Unknown fields are ignored, with a warning, not refused: they reach no code, and refusing them would
+    # make every bundle a newer imgcls saves unloadable here.
+    known = BundleConfig.__dataclass_fields__.keys()
+    unknown = sorted(raw.keys() - known - RETIRED_FIELDS)
     if unknown:
         log.warning("bundle config '%s': ignoring unknown fields %s (saved by a newer imgcls?)", where, ", ".join(unknown))
+    if raw.get("model_kwargs"):  # never written by training: someone set it, and should know it does nothing
+        log.warning("bundle config '%s': ignoring model_kwargs %s: architectures are rebuilt from their name "
+                    "alone; remove it from the file", where, _short(raw["model_kwargs"]))
     _check_fields(raw, where)
     _check_architecture(raw, where)
-    return BundleConfig(**{k: v for k, v in raw.items() if k not in unknown})
+    return BundleConfig(**{k: v for k, v in raw.items() if k in known})
 
 
 def read_bundle_config(path: str | Path) -> BundleConfig:
@@ -342,8 +330,7 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> tuple[C
         model = build_classifier(config)
     except (TypeError, ValueError, RuntimeError) as err:  # arguments the architecture rejects
         raise ImgclsError(f"bundle config '{(folder / CONFIG_FILE).absolute()}': {config.architecture} does not build "
-                          f"at img_size {config.img_size} with model_kwargs {_short(config.model_kwargs)}: "
-                          f"{first_line(err)}") from None
+                          f"at img_size {config.img_size}: {first_line(err)}") from None
     weights = (folder / WEIGHTS_FILE).absolute()
     try:
         model.load_state_dict(load_file(str(weights)))

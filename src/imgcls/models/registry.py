@@ -5,12 +5,11 @@ names with underscores (`timm_name`), so all of them are built by timm.create_mo
 interface. Whether a model takes `img_size` is read from its pretrained_cfg (`fixed_input_size`),
 never found out by trial.
 
-A bundle stores the name and the keyword arguments given here, so `create_model(**config)`
-rebuilds exactly the trained architecture; `architecture_arguments` says which arguments a bundle may hold.
+A bundle stores the name, the class count and the input size: create_model rebuilds the trained
+architecture from them.
 """
 from __future__ import annotations
 
-import inspect
 import logging
 
 import torch
@@ -29,10 +28,6 @@ BUILTIN_MODELS = {
 }
 # timm architectures are designed for 224 px; a from-scratch user on CPU rarely wants more.
 TIMM_DEFAULT_IMG_SIZE = 224
-# What a saved model may pass to a timm architecture: regularisation rates, which most timm families
-# takes. timm's other keywords include pretrained, pretrained_cfg(_overlay) (a URL), checkpoint_path
-# and features_only: they download, read files, or build something other than the saved classifier.
-TIMM_BUNDLE_ARGUMENTS = frozenset({"drop_rate", "drop_path_rate"})
 # What `imgcls models` suggests to start from, per device: timm architectures with ImageNet weights that
 # fine-tune well where they run. Parameter counts are timm's, for the 1000-class ImageNet model.
 STARTING_POINTS = {
@@ -90,17 +85,6 @@ def _timm_only(names: list[str]) -> list[str]:
     """timm's names less the built-ins registered in it, which imgcls lists and takes by their own names."""
     registered = {timm_name(name) for name in BUILTIN_MODELS}
     return [name for name in names if name not in registered]
-
-
-def architecture_arguments(name: str) -> frozenset[str]:
-    """Keyword arguments a bundle may rebuild `name` with: a built-in model's own (sizes and rates,
-    all numbers), or TIMM_BUNDLE_ARGUMENTS; create_model itself sets the class count, channels and size."""
-    if name in BUILTIN_MODELS:
-        from . import builtin
-
-        parameters = inspect.signature(builtin.ARCHITECTURES[timm_name(name)]).parameters
-        return frozenset(parameters) - {"num_classes", "in_chans", "img_size"}
-    return TIMM_BUNDLE_ARGUMENTS
 
 
 def create_model(name: str, num_classes: int, img_size: int, in_chans: int = 3,

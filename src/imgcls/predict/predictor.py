@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ..choices import ENGINES
-from ..data.cache import decode_cached, default_cache_dir
+from ..data.cache import DecodeCacheOptions, decode_cached
 from ..data.images import ImageSource, UnreadableImage, decode_image, file_error, split_batch
 from ..data.loader import to_model_input
 from ..errors import UsageError
@@ -21,6 +21,7 @@ UNKNOWN = "unknown"
 # From this many paths (a folder, likely predicted again) decoding goes through the disk cache; fewer, such
 # as one image per call in a loop, decode in memory rather than leave an entry per call.
 CACHED_FROM_IMAGES = 16
+NO_CACHE = DecodeCacheOptions(None)
 # Images per model call of predict and predict_chunks, counted from the start of the list given, an unreadable
 # image keeping its place as a blank one: which images share a call can change a score's last digits (one image
 # alone vs 64 together: 3.6e-6 apart in logits, CPU), so the same list gives the same scores however it is chunked.
@@ -42,11 +43,6 @@ def _as_list(images) -> list:
     return split_batch(images)  # one entry per image: a batch array or tensor is several (data.images)
 
 
-def _cache_for(images: list) -> Path | None:
-    """From CACHED_FROM_IMAGES paths, the decode cache; fewer decode in memory (see CACHED_FROM_IMAGES)."""
-    return default_cache_dir() if len(images) >= CACHED_FROM_IMAGES else None
-
-
 class Predictor:
     def __init__(self, model: Callable[[torch.Tensor], torch.Tensor], config: BundleConfig, device: torch.device):
         self.model, self.config, self.device = model, config, device  # model: (B, 3, H, W) in [0, 1] -> logits
@@ -55,6 +51,7 @@ class Predictor:
         self.bundle_dir: Path | None = None  # where look-alike indexes are stored
         self.run_dir: Path | None = None  # where evaluations, maps and look-alikes go (bundle.outputs_folder)
         self.batch_size = BATCH_SIZE  # of predict and predict_chunks (see BATCH_SIZE)
+        self.decode_cache = DecodeCacheOptions.from_environment()  # for folders of images (see CACHED_FROM_IMAGES)
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu", engine: str = "torch", tta: str | None = None) -> "Predictor":
@@ -104,7 +101,7 @@ class Predictor:
         Every image is decoded into memory at once; predict_chunks keeps memory bounded for any number."""
         _check_options(top_k, unknown_below)
         images = _as_list(images)
-        return self._predict_decoded(images, *self._decode(images, _cache_for(images)), top_k, unknown_below)
+        return self._predict_decoded(images, *self._decode(images, self._cache_for(images)), top_k, unknown_below)
 
     def predict_chunks(self, images: Sequence[ImageSource], top_k: int = 5, unknown_below: float | None = None,
                        chunk: int | None = None) -> Iterator[list[dict]]:
@@ -120,18 +117,22 @@ class Predictor:
         chunk = -(-chunk // self.batch_size) * self.batch_size
         images = _as_list(images)
         chunks = [images[start: start + chunk] for start in range(0, len(images), chunk)]
-        return self._chunks(chunks, _cache_for(images) if len(chunks) == 1 else None, top_k, unknown_below)
+        return self._chunks(chunks, self._cache_for(images) if len(chunks) == 1 else NO_CACHE, top_k, unknown_below)
 
-    def _chunks(self, chunks: list[list], cache_dir: Path | None, top_k: int,
+    def _cache_for(self, images: list) -> DecodeCacheOptions:
+        """From CACHED_FROM_IMAGES paths, the decode cache; fewer decode in memory (see CACHED_FROM_IMAGES)."""
+        return self.decode_cache if len(images) >= CACHED_FROM_IMAGES else NO_CACHE
+
+    def _chunks(self, chunks: list[list], cache: DecodeCacheOptions, top_k: int,
                 unknown_below: float | None) -> Iterator[list[dict]]:
         if not chunks:
             return
         with ThreadPoolExecutor(1, thread_name_prefix="imgcls-decode") as decoder:
-            upcoming = decoder.submit(self._decode, chunks[0], cache_dir)
+            upcoming = decoder.submit(self._decode, chunks[0], cache)
             for index, part in enumerate(chunks):
                 pixels, errors = upcoming.result()
                 if index + 1 < len(chunks):
-                    upcoming = decoder.submit(self._decode, chunks[index + 1], cache_dir)
+                    upcoming = decoder.submit(self._decode, chunks[index + 1], cache)
                 yield self._predict_decoded(part, pixels, errors, top_k, unknown_below)
 
     def predict_stream(self, images: Sequence[ImageSource], top_k: int = 5, unknown_below: float | None = None,
@@ -153,10 +154,10 @@ class Predictor:
             results.append({"path": str(image) if isinstance(image, (str, Path)) else None, **decision, "error": error})
         return results
 
-    def _decode(self, images: list, cache_dir: Path | None) -> tuple[np.ndarray, list[str | None]]:
+    def _decode(self, images: list, cache: DecodeCacheOptions) -> tuple[np.ndarray, list[str | None]]:
         size = self.config.img_size
         if all(isinstance(image, (str, Path)) for image in images):
-            decoded = decode_cached([Path(p) for p in images], size, cache_dir)
+            decoded = decode_cached([Path(p) for p in images], size, cache)
             errors: list[str | None] = [None] * len(images)
             failed_indices = sorted(set(range(len(images))) - set(decoded.kept))
             for index, (_, reason) in zip(failed_indices, decoded.failed):

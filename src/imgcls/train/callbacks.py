@@ -15,7 +15,20 @@ log = logging.getLogger(__name__)
 
 
 class Callback:
-    def on_train_begin(self, trainer) -> None: ...
+    """Subclass and override the hooks you need; pass instances as imgcls.train(data, callbacks=[...]).
+
+    A hook receives the Trainer (loop.Trainer: .model, .epoch, .history, .optimizer, .config) and speaks
+    back only through `trainer.stop_training = True` and the weights. State that must survive an
+    interruption goes in state_dict (tensors, numbers, strings, lists and dicts: checkpoints are read
+    with weights_only) and is keyed by the class name. Callbacks run in ascending `order`, the
+    built-in ones that record an epoch (history.csv, the checkpoint) last, so they see every change."""
+
+    order: int = 0
+
+    def on_train_begin(self, trainer) -> None:
+        """Reset here, not in __init__: one callback may serve several fits (and a time budget's trial steps)."""
+
+    def on_epoch_begin(self, trainer) -> None: ...
     def on_batch_end(self, trainer, logs) -> None: ...  # logs: loop.RunningMetrics
     def on_epoch_end(self, trainer, logs: dict) -> None: ...
     def on_train_end(self, trainer) -> None: ...
@@ -26,18 +39,29 @@ class Callback:
     def load_state_dict(self, state: dict) -> None: ...
 
 
+RECORDS_ORDER = 100  # history.csv and the checkpoint: after every callback that may change the epoch's state
+
+
 class EarlyStopping(Callback):
     """Stop after `patience` epochs without a better val_loss, and put the best weights back
     (with the BatchNorm statistics they were validated with)."""
 
     def __init__(self, patience: int, min_delta: float = 1e-4):
         self.patience, self.min_delta = patience, min_delta
-        self.best_loss, self.best_epoch, self.wait, self.best_state = math.inf, 0, 0, None
+        self.start: tuple[float, dict | None] = (math.inf, None)  # (val_loss, weights) of epoch 0
+        self._reset()
+
+    def _reset(self) -> None:
+        (self.best_loss, self.best_state), self.best_epoch, self.wait = self.start, 0, 0
 
     def start_from(self, val_loss: float, model: torch.nn.Module) -> None:
         """Count `model` as epoch 0 with this val_loss: training must beat it to replace it."""
-        self.best_loss, self.best_epoch = val_loss, 0
-        self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.start = (val_loss, {k: v.detach().clone() for k, v in model.state_dict().items()})
+        self._reset()
+
+    def on_train_begin(self, trainer):
+        if trainer.epoch == 0:  # a resumed run keeps the state its checkpoint restored
+            self._reset()
 
     def on_epoch_end(self, trainer, logs):
         if logs["val_loss"] < self.best_loss - self.min_delta:
@@ -72,6 +96,8 @@ class EarlyStopping(Callback):
 class HistoryCSV(Callback):
     """history.csv, rewritten whole each epoch so an interrupted run still has its curves."""
 
+    order = RECORDS_ORDER
+
     def __init__(self, run: RunDir):
         self.run = run
 
@@ -81,6 +107,8 @@ class HistoryCSV(Callback):
 
 class Checkpoint(Callback):
     """Everything --resume needs, written atomically after every epoch."""
+
+    order = RECORDS_ORDER
 
     def __init__(self, run: RunDir):
         self.path = run.checkpoint
@@ -113,8 +141,6 @@ class ProgressBar(Callback):
                         unit="batch", leave=False, dynamic_ncols=True, disable=None)
 
     def on_batch_end(self, trainer, logs):
-        if self.bar is None:
-            self.on_epoch_begin(trainer)
         self.bar.update(1)
         if not self.bar.disable and self.bar.n % self.refresh_every == 0 or self.bar.n == self.bar.total:
             self.bar.set_postfix(loss=f"{logs.loss:.3f}", acc=f"{logs.accuracy:.3f}")
@@ -129,7 +155,12 @@ class Lookahead(Callback):
     """Every `every` steps, pull the weights back to a slow moving average of themselves (Lookahead,
     Zhang et al. 2019, https://arxiv.org/abs/1907.08610), with the CIFAR-10 speed runs' schedule
     (Jordan 2024): the average weighs decay**every * progress**3, nothing early and most at the end,
-    and training ends on the average. It smooths the last, noisy steps of a short high-lr run."""
+    and training ends on the average. It smooths the last, noisy steps of a short high-lr run.
+
+    Hand-written rather than timm.optim.Lookahead, which is the paper's version: a fixed pull (alpha 0.5)
+    from the first step on, over parameters only, ending on the fast weights. This one averages the
+    BatchNorm statistics too and ends on the average; the speedrun recipe's figures (bench/cifar10.py)
+    were measured with it, and timm's has not been measured in its place."""
 
     def __init__(self, every: int = 5, decay: float = 0.95):
         self.every, self.decay, self.slow = every, decay, None
@@ -140,15 +171,15 @@ class Lookahead(Callback):
 
     def on_train_begin(self, trainer):
         weights = self._weights(trainer)
-        if self.slow is None:
+        if trainer.epoch == 0 or self.slow is None:
             self.slow = [value.detach().clone() for value in weights]
         else:  # a resumed run keeps its average, loaded on the CPU
             self.slow = [slow.to(value.device) for slow, value in zip(self.slow, weights)]
 
     def on_batch_end(self, trainer, logs):
-        step = trainer.schedule.step_count
+        step = trainer.step_count
         if step % self.every == 0:
-            self._pull(trainer, self.decay ** self.every * (step / trainer.schedule.total_steps) ** 3)
+            self._pull(trainer, self.decay ** self.every * (step / trainer.total_steps) ** 3)
 
     def on_train_end(self, trainer):
         self._pull(trainer, 1.0)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.cache import decode_cached, default_cache_dir
+from ..data.cache import DecodeCacheOptions, decode_cached
 from ..data.loader import to_model_input
 from ..errors import ImgclsError
 from ..models.bundle import load_bundle, read_bundle_config
@@ -78,7 +78,7 @@ def teacher_probabilities(teacher: str | Path, classes: list[str], paths: list[P
     The teacher must know `classes`, in the same order."""
     check_teacher(teacher, classes)
     model, config = load_bundle(teacher, device)
-    decoded = decode_cached(paths, config.img_size, default_cache_dir())
+    decoded = decode_cached(paths, config.img_size, DecodeCacheOptions.from_environment())
     if len(decoded.kept) != len(paths):
         raise ImgclsError(f"{len(paths) - len(decoded.kept)} training images do not decode at the teacher's "
                           f"{config.img_size} px (e.g. {decoded.failed[0][0]}); fix or remove them")

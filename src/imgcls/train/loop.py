@@ -10,11 +10,14 @@ metrics and takes the same decisions (early stopping, plateaus), as one process 
 """
 from __future__ import annotations
 
+import logging
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
+from typing import Callable
 
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ..data.loader import Batches
@@ -23,8 +26,10 @@ from ..models.classifier import tta_logits
 from ..runtime import autocast
 from .callbacks import Callback
 from .config import TrainConfig
-from .schedule import LrSchedule, build_optimizer
+from .schedule import Scheduler, build_optimizer, build_scheduler, replan
 from .transfer import is_frozen_batchnorm, keep_frozen_batchnorm_in_eval
+
+log = logging.getLogger(__name__)
 
 
 def make_loss(config: TrainConfig, class_weights: torch.Tensor | None) -> nn.Module:
@@ -103,15 +108,42 @@ def recompute_batchnorm(model: nn.Module, batches: Batches, precision: str = "fp
     model.train(was_training)
 
 
+OptimizerFactory = Callable[[nn.Module], torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer, int], Scheduler]
+
+
+@dataclass
+class Extensions:
+    """What a Python caller adds to a run (imgcls.train(data, callbacks=..., optimizer=..., scheduler=...)):
+    code rather than settings, so kept out of TrainConfig, args.yaml and the checkpoint's config."""
+
+    callbacks: list[Callback] = field(default_factory=list)  # run with the built-in ones, in Callback.order
+    # model -> optimizer, e.g. lambda model: torch.optim.SGD(model.parameters(), lr=0.01). None: the config's
+    # (build_optimizer: per-layer lr scales, no weight decay on biases and norms).
+    optimizer: OptimizerFactory | None = None
+    # (optimizer, total optimizer steps) -> scheduler, stepped after every optimizer step; a ReduceLROnPlateau
+    # is stepped after every epoch with val_loss instead. None: the config's schedule (build_scheduler).
+    scheduler: SchedulerFactory | None = None
+
+
+CHECKPOINT_FORMAT = 2  # Trainer.state_dict's layout; 2: torch schedulers' state under "scheduler"
+
+
 class Trainer:
     def __init__(self, model: nn.Module, config: TrainConfig, train_batches: Batches, val_batches: Batches,
                  augment, loss_fn: nn.Module, callbacks: list[Callback], device: torch.device,
-                 lr_scales: dict[str, float] | None = None, ranks: Ranks = Ranks()):
+                 lr_scales: dict[str, float] | None = None, ranks: Ranks = Ranks(),
+                 extensions: Extensions | None = None):
+        extensions = extensions or Extensions()
         self.model, self.config, self.device, self.ranks = model, config, device, ranks
         self.train_batches, self.val_batches = train_batches, val_batches
-        self.augment, self.loss_fn, self.callbacks = augment, loss_fn, callbacks
-        self.optimizer = build_optimizer(model, config, lr_scales)
-        self.schedule = LrSchedule(self.optimizer, config, total_steps=config.epochs * len(train_batches))
+        self.augment, self.loss_fn = augment, loss_fn
+        self.callbacks = sorted(callbacks + extensions.callbacks, key=lambda callback: callback.order)  # stable
+        self.optimizer = (extensions.optimizer(model) if extensions.optimizer is not None
+                          else build_optimizer(model, config, lr_scales))
+        self.step_count, self.total_steps = 0, config.epochs * len(train_batches)  # optimizer steps
+        self.scheduler = (extensions.scheduler(self.optimizer, self.total_steps) if extensions.scheduler is not None
+                          else build_scheduler(self.optimizer, config, self.total_steps))
         self.augment_generator = torch.Generator().manual_seed(config.seed + 2 + AUGMENT_SEED_STRIDE * ranks.rank)
         self.epoch, self.history, self.stop_training = 0, [], False
         self.batchnorm_stale = False  # set by callbacks that change the weights after the last validation
@@ -125,14 +157,18 @@ class Trainer:
                     if config.ema else None)
 
     def fit(self) -> list[dict]:
+        self.stop_training = False
         for callback in self.callbacks:
             callback.on_train_begin(self)
         while self.epoch < self.config.epochs and not self.stop_training:
+            for callback in self.callbacks:
+                callback.on_epoch_begin(self)
             logs = self.train_epoch()
             self.epoch += 1
             recompute_batchnorm(self.eval_model, self.train_batches, self.config.precision)
             logs.update(self.validate(), epoch=self.epoch)
-            self.schedule.end_epoch(logs["val_loss"])
+            if isinstance(self.scheduler, ReduceLROnPlateau):
+                self.scheduler.step(logs["val_loss"])
             self.history.append(logs)
             for callback in self.callbacks:
                 callback.on_epoch_end(self, logs)
@@ -148,9 +184,12 @@ class Trainer:
         return self.history
 
     def set_epochs(self, epochs: int) -> None:
-        """Change the length of the run mid-way (a time budget); the schedule follows."""
+        """Change the length of the run mid-way (a time budget); the schedule follows, when it can."""
         self.config = replace(self.config, epochs=epochs)
-        self.schedule.set_total_steps(epochs * len(self.train_batches))
+        self.total_steps = epochs * len(self.train_batches)
+        if not replan(self.scheduler, self.total_steps):
+            log.debug("the schedule %s keeps its plan for the new length of %d epochs",
+                      type(self.scheduler).__name__, epochs)
 
     @property
     def eval_model(self) -> nn.Module:
@@ -202,9 +241,11 @@ class Trainer:
         if self.config.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.optimizer.step()
+        self.step_count += 1
         if self.ema is not None:
             self.ema.update_parameters(self.model)
-        self.schedule.step()
+        if not isinstance(self.scheduler, ReduceLROnPlateau):
+            self.scheduler.step()
         return loss, logits, targets
 
     def validate(self) -> dict:
@@ -215,11 +256,11 @@ class Trainer:
 
     def state_dict(self) -> dict:
         return {
-            **self.extra_state,
+            **self.extra_state, "format": CHECKPOINT_FORMAT,
             "config": asdict(self.config), "epoch": self.epoch, "history": self.history,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
-            "schedule": self.schedule.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "step_count": self.step_count,
             "callbacks": {type(c).__name__: c.state_dict() for c in self.callbacks},
             "rng": {"torch": torch.get_rng_state(), "batches": self.train_batches.generator.get_state(),
                     "augment": self.augment_generator.get_state(),
@@ -231,7 +272,8 @@ class Trainer:
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.schedule.load_state_dict(state["schedule"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step_count = state["step_count"]
         self.epoch, self.history = state["epoch"], state["history"]
         for callback in self.callbacks:
             callback.load_state_dict(state["callbacks"].get(type(callback).__name__, {}))

@@ -23,7 +23,7 @@ import torch
 from .. import __version__
 from ..data.audit import find_leakage
 from ..data.augment import build_augment
-from ..data.cache import decode_cached, default_cache_dir
+from ..data.cache import DecodeCacheOptions, decode_cached
 from ..data.folders import LabelledImages, Sample, discover, multi_hot
 from ..data.manifest import read_manifest
 from ..data.loader import Batches, to_model_input
@@ -44,7 +44,7 @@ from .config import DATA_KEY, TrainConfig, settings_yaml
 from .defaults import (MIN_BATCH, MIN_STEPS_PER_EPOCH, choose_img_size, choose_model, choose_schedule, median_side,
                        scratch_fallback)
 from .distill import DistillationLoss, check_teacher, soft_targets, teacher_probabilities
-from .loop import Trainer, count_correct, make_loss, predict_logits
+from .loop import CHECKPOINT_FORMAT, Extensions, Trainer, count_correct, make_loss, predict_logits
 from .probe import fit_linear_probe
 from .time_budget import fit_epochs_to_budget
 from .tracking import Tracker, make_tracker
@@ -80,7 +80,8 @@ def _decode_split(samples: list[Sample], size: int, num_classes: int, workers: i
 
     with local_main_first(ranks), tqdm(total=len(samples), desc=f"decoding {desc}", unit="img", leave=False,
                                        disable=None if ranks.is_main else True) as bar:
-        decoded = decode_cached([s.path for s in samples], size, default_cache_dir(), workers, on_progress=bar.update)
+        decoded = decode_cached([s.path for s in samples], size, DecodeCacheOptions.from_environment(), workers,
+                                on_progress=bar.update)
     kept = [samples[i] for i in decoded.kept]
     if not kept:
         raise ImgclsError(f"none of the {len(samples)} {desc} images could be read")
@@ -159,8 +160,7 @@ def _build_model(config: TrainConfig, num_classes: int, side: int | None, source
     check_model_name(config.model)
     config = replace(config, img_size=choose_img_size(config, side))
     torch.manual_seed(config.seed)
-    net = create_model(config.model, num_classes=num_classes, img_size=config.img_size, pretrained=config.pretrained,
-                       **(source.model_kwargs if source else {}))
+    net = create_model(config.model, num_classes=num_classes, img_size=config.img_size, pretrained=config.pretrained)
     weights_source = pretrained_source(net) if config.pretrained else "none"
     if config.weights:
         load_weights(net, config.weights)
@@ -207,9 +207,13 @@ def _resume_state(run: RunDir) -> dict:
     if not path.is_file():
         raise ImgclsError(f"nothing to resume in '{run.root}': no {path.name} (was training started there?)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise ImgclsError(f"checkpoint '{path}' is damaged ({type(err).__name__}); start a new run") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise ImgclsError(f"checkpoint '{path}' was written by another version of imgcls, in a layout imgcls "
+                          f"{__version__} cannot resume; start a new run, or resume with the version that wrote it")
+    return state
 
 
 FEATURE_BATCH = 128  # images per forward pass when computing frozen features or validation logits
@@ -259,7 +263,7 @@ def _fit_probe_head(model: Classifier, config: TrainConfig, train_set: DecodedSp
 
 def _make_trainer(model: Classifier, config: TrainConfig, train_set: DecodedSplit, val_set: DecodedSplit,
                   run: RunDir, device: torch.device, progress: bool, probe: ProbeResult | None, ranks: Ranks,
-                  tracker: Tracker | None, teacher: torch.Tensor | None = None) -> Trainer:
+                  tracker: Tracker | None, extensions: Extensions, teacher: torch.Tensor | None = None) -> Trainer:
     """The trainer for the mode: the whole network, the network but its frozen early layers
     (fine-tuning), or only the head on a frozen backbone; `teacher`: its probabilities of the training
     images, to distil (train.distill)."""
@@ -293,7 +297,8 @@ def _make_trainer(model: Classifier, config: TrainConfig, train_set: DecodedSpli
         # class fell from 75% to 39-41% validation after 2 epochs (bench/pretrained.py's data).
         freeze_batchnorm = pretrained or config.batch_size < SMALL_BATCH
         callbacks.append(UnfreezeBackbone(config.head_epochs, freeze_batchnorm, frozen))
-    return Trainer(model, config, train_batches, val_batches, augment, loss_fn, callbacks, device, lr_scales, ranks)
+    return Trainer(model, config, train_batches, val_batches, augment, loss_fn, callbacks, device, lr_scales, ranks,
+                   extensions)
 
 
 @dataclass
@@ -318,7 +323,7 @@ def _finish(model: Classifier, config: TrainConfig, dataset: LabelledImages, val
         mean=tuple(model.mean.flatten().tolist()), std=tuple(model.std.flatten().tolist()),
         task="multi-label" if config.multi_label else "single-label", temperature=temperature,
         thresholds=tune_thresholds(val_set.targets.numpy(), probs).tolist() if config.multi_label else None,
-        data_fingerprint=dataset.fingerprint(), tta=config.tta, training_mode=config.resolved_mode(),
+        tta=config.tta, training_mode=config.resolved_mode(),
         weights_source=weights_source, settings=settings,
     )
     evaluation = write_evaluation(probs, val_set.samples, bundle_config, run.evaluation, history,
@@ -355,10 +360,12 @@ def _write_settings(run: RunDir, settings: dict, wall_time_s: float) -> None:
 
 
 def train(data_dir: str | Path | None, run_dir: str | Path | None = None, config: TrainConfig | None = None,
-          resume: bool = False, progress: bool = True) -> TrainResult:
+          resume: bool = False, progress: bool = True, extensions: Extensions | None = None) -> TrainResult:
     """Train on `data_dir` and write the bundle, evaluation and settings to `run_dir` (default: a new
     runs/<data folder name>; one that holds a run already is refused, see rundir.choose_run_dir). With
-    resume=True the configuration and data folder come from run_dir's checkpoint."""
+    resume=True the configuration and data folder come from run_dir's checkpoint.
+    `extensions`: a caller's callbacks, optimizer and schedule (loop.Extensions)."""
+    extensions = extensions or Extensions()
     if resume and run_dir is None:
         raise UsageError("no run folder given to resume; pass the RUN_DIR of the interrupted run")
     if not resume and data_dir is None:
@@ -423,7 +430,7 @@ def train(data_dir: str | Path | None, run_dir: str | Path | None = None, config
                                          train_set.targets, config.distill_temperature, device)
                    if config.distill_from else None)
         trainer = _make_trainer(model, config, train_set, val_set, run, device, progress, probe, ranks, tracker,
-                                teacher)
+                                extensions, teacher)
         if state is not None:
             trainer.load_state_dict(state)
             log.info("resuming %s after epoch %d of %d", run.root, trainer.epoch, config.epochs)
@@ -431,7 +438,7 @@ def train(data_dir: str | Path | None, run_dir: str | Path | None = None, config
             trainer = fit_epochs_to_budget(trainer, config.time_budget_s - (time.perf_counter() - started),
                                            lambda epochs: _make_trainer(model, replace(config, epochs=epochs), train_set,
                                                                         val_set, run, device, progress, probe, ranks,
-                                                                        tracker, teacher))
+                                                                        tracker, extensions, teacher))
             config = trainer.config
         trainer.extra_state = {"data_dir": str(data_dir), "img_size": img_size}
         history = trainer.fit()

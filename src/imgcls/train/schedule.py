@@ -1,10 +1,13 @@
-"""Optimisers and learning-rate schedules; the schedule is a multiplier on each group's base lr."""
+"""Optimisers and learning-rate schedules: torch's schedulers, LambdaLR over our multiplier for the
+step-wise schedules and ReduceLROnPlateau for plateau."""
 from __future__ import annotations
 
 import math
+from typing import Union
 
 import torch
 from torch import nn
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler, ReduceLROnPlateau
 
 from .config import TrainConfig
 
@@ -34,29 +37,27 @@ def build_optimizer(model: nn.Module, config: TrainConfig, lr_scales: dict[str, 
     return torch.optim.RMSprop(groups, lr=lr, foreach=True)  # PyTorch has no fused RMSprop
 
 
-class LrSchedule:
-    """onecycle (linear warm-up, cosine decay), triangular (linear warm-up, linear decay: the short
-    schedule of the CIFAR-10 speed runs), cosine, constant, or plateau (constant, cut on stalls)."""
+PLATEAU_THRESHOLD = 1e-4  # a val_loss must beat the best by this much to count as progress
 
-    def __init__(self, optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int):
-        self.optimizer = optimizer
-        self.kind, self.warmup_fraction = config.schedule, config.warmup_fraction
+
+class LrMultiplier:
+    """The multiplier on each group's base lr after `step` optimizer steps: onecycle (linear warm-up,
+    cosine decay), triangular (linear warm-up, linear decay: the short schedule of the CIFAR-10 speed
+    runs), cosine, or constant. A callable object rather than a closure: LambdaLR checkpoints an
+    object's attributes, so a resumed run continues the plan it was on (re-planned by a time budget)."""
+
+    def __init__(self, kind: str, warmup_fraction: float, total_steps: int):
+        self.kind, self.warmup_fraction = kind, warmup_fraction
         self.set_total_steps(total_steps)
-        self.patience, self.factor = config.plateau_patience, config.plateau_factor
-        self.step_count, self.plateau_scale, self.best_loss, self.stalled_epochs = 0, 1.0, math.inf, 0
-        for group in optimizer.param_groups:
-            group.setdefault("base_lr", group["lr"])
-        self._apply()
 
     def set_total_steps(self, total_steps: int) -> None:
         """Plan (or re-plan, mid-run) the schedule over `total_steps`."""
         self.total_steps = max(1, total_steps)
         self.warmup_steps = int(self.warmup_fraction * total_steps) if self.kind in ("onecycle", "triangular") else 0
 
-    def multiplier(self) -> float:
-        step = self.step_count
-        if self.kind in ("constant", "plateau"):
-            return self.plateau_scale
+    def __call__(self, step: int) -> float:
+        if self.kind == "constant":
+            return 1.0
         if step < self.warmup_steps:
             return (step + 1) / self.warmup_steps
         progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
@@ -64,30 +65,25 @@ class LrSchedule:
             return 1 - progress
         return 0.5 * (1 + math.cos(math.pi * progress))
 
-    def _apply(self) -> None:
-        for group in self.optimizer.param_groups:
-            group["lr"] = group["base_lr"] * self.multiplier()
 
-    def step(self) -> None:
-        self.step_count += 1
-        self._apply()
+Scheduler = Union[LRScheduler, ReduceLROnPlateau]  # Union: the alias is evaluated at import, on Python 3.9 too
 
-    def end_epoch(self, val_loss: float) -> None:
-        if self.kind != "plateau":
-            return
-        if val_loss < self.best_loss - 1e-4:
-            self.best_loss, self.stalled_epochs = val_loss, 0
-        else:
-            self.stalled_epochs += 1
-            if self.stalled_epochs >= self.patience:
-                self.plateau_scale *= self.factor
-                self.stalled_epochs = 0
-                self._apply()
 
-    def state_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ("step_count", "plateau_scale", "best_loss", "stalled_epochs")}
+def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int) -> Scheduler:
+    """The schedule `config.schedule` names: LambdaLR over LrMultiplier, stepped after every optimizer
+    step, or for plateau a constant lr cut by ReduceLROnPlateau, stepped after every epoch on val_loss."""
+    if config.schedule == "plateau":
+        # Cut on the plateau_patience-th epoch without progress: torch counts the epochs it waits past patience.
+        return ReduceLROnPlateau(optimizer, mode="min", factor=config.plateau_factor,
+                                 patience=max(0, config.plateau_patience - 1), threshold=PLATEAU_THRESHOLD,
+                                 threshold_mode="abs")
+    return LambdaLR(optimizer, LrMultiplier(config.schedule, config.warmup_fraction, total_steps))
 
-    def load_state_dict(self, state: dict) -> None:
-        for key, value in state.items():
-            setattr(self, key, value)
-        self._apply()
+
+def replan(scheduler: Scheduler, total_steps: int) -> bool:
+    """Stretch or shrink the schedule to `total_steps`; False for a schedule that cannot be re-planned
+    (a caller's own, or plateau, which has no length)."""
+    multipliers = [fn for fn in getattr(scheduler, "lr_lambdas", []) if isinstance(fn, LrMultiplier)]
+    for multiplier in multipliers:
+        multiplier.set_total_steps(total_steps)
+    return bool(multipliers)
