@@ -10,7 +10,8 @@ import torch
 
 import imgcls
 from imgcls.errors import ImgclsError
-from imgcls.train.callbacks import CHECKPOINT_FILE, EarlyStopping
+from imgcls.rundir import RunDir
+from imgcls.train.callbacks import EarlyStopping
 from imgcls.train.config import TrainConfig
 from imgcls.train.schedule import build_scheduler, replan
 
@@ -137,7 +138,7 @@ def test_the_plateau_schedule_cuts_the_lr_on_the_patience_th_epoch_without_progr
 
 def test_a_checkpoint_of_an_older_imgcls_is_a_one_line_error_on_resume(tmp_path):
     tmp_path.mkdir(exist_ok=True)
-    torch.save({"config": {}, "epoch": 1, "schedule": {"step_count": 3}}, tmp_path / CHECKPOINT_FILE)
+    torch.save({"config": {}, "epoch": 1, "schedule": {"step_count": 3}}, RunDir(tmp_path).checkpoint)
     with pytest.raises(ImgclsError, match="written by another version of imgcls.*cannot resume; start a new run") as error:
         imgcls.train(None, tmp_path, resume=True)
     assert "\n" not in str(error.value)
