@@ -37,8 +37,8 @@ import PIL
 import torch
 
 from ..fileio import atomic_path, atomic_write_bytes
-from .hashes import FileRecord, HashStore, Stamp, record_of_bytes, stamp_of
-from .images import UnreadableImage, decode_image, file_error
+from .hashes import FileRecord, HashStore, Stamp, record_and_pixels, stamp_of
+from .images import SHRINK_FROM, UnreadableImage, decode_image, file_error
 
 log = logging.getLogger(__name__)
 
@@ -153,8 +153,11 @@ def _decode_range(start: int, stop: int, job: tuple | None = None) -> tuple[list
         try:
             if hashing is not None and hashing[index]:
                 data = Path(paths[index]).read_bytes()
-                hashed.append((index, None if stat is None else stamp_of(stat), record_of_bytes(data)))
-                rows[index] = decode_image(data, size)
+                record, whole = record_and_pixels(data)
+                hashed.append((index, None if stat is None else stamp_of(stat), record))
+                # resizing the hash's decode gives decode_image's pixels, but where it would shrink by strips
+                reuse = whole is not None and min(whole.shape[:2]) < SHRINK_FROM * size
+                rows[index] = decode_image(whole if reuse else data, size)
             else:
                 rows[index] = decode_image(paths[index], size)
         except UnreadableImage as err:

@@ -28,7 +28,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 import PIL
-import scipy.fft
 from PIL import Image
 
 from ..fileio import atomic_write_bytes
@@ -45,6 +44,19 @@ JPEG_DRAFT_SIZE = 64  # DCT-domain downscale to >= 2x the thumbnail: a 2000x1500
 DAMAGED = (OSError, ValueError, KeyError, TypeError)
 
 Stamp = tuple[int, int]  # (byte size, mtime_ns) of a file when it was read
+
+
+def _dct_rows(size: int, rows: int) -> np.ndarray:
+    """The first `rows` rows of the orthonormal DCT-II matrix (scipy.fft.dct(norm="ortho")) of length `size`."""
+    n = np.arange(size)
+    matrix = np.sqrt(2 / size) * np.cos(np.pi * (2 * n[None, :] + 1) * np.arange(rows)[:, None] / (2 * size))
+    matrix[0] /= np.sqrt(2)
+    return matrix
+
+
+# The 8 lowest frequencies as two small products: half the time of scipy.fft.dctn on the whole thumbnail and
+# then slicing (0.73 -> 0.38 ms per phash with the thumbnail), bit-identical hashes on 2000 MNIST digits.
+_DCT = _dct_rows(HASH_INPUT_SIZE, HASH_SIDE)  # (8, 32)
 
 
 @dataclass(frozen=True)
@@ -65,13 +77,15 @@ def phash(rgb: np.ndarray) -> int:
     """64-bit DCT perceptual hash."""
     # Hand-written (10 lines): scipy already comes with scikit-learn; `imagehash` would add PyWavelets.
     thumbnail = Image.fromarray(rgb).convert("L").resize((HASH_INPUT_SIZE, HASH_INPUT_SIZE), Image.LANCZOS)
-    frequencies = scipy.fft.dctn(np.asarray(thumbnail, dtype=np.float64), norm="ortho")[:HASH_SIDE, :HASH_SIDE]
+    frequencies = _DCT @ np.asarray(thumbnail, dtype=np.float64) @ _DCT.T  # (8, 8)
     bits = frequencies > np.median(frequencies)
     return int.from_bytes(np.packbits(bits).tobytes(), "big")
 
 
-def record_of_bytes(data: bytes) -> FileRecord:
-    """Hash the bytes, then decode them once for size/mode/format, corruption and the perceptual hash."""
+def record_and_pixels(data: bytes) -> tuple[FileRecord, np.ndarray | None]:
+    """Hash the bytes, then decode them once for size/mode/format, corruption and the perceptual hash; the
+    decoded (H, W, 3) pixels too where they are the whole image (not a JPEG's grey draft), so that the decode
+    pass resizes them instead of decoding the file again (a PNG digit: 0.35 ms saved of ~1 ms)."""
     digest = hashlib.sha256(data).hexdigest()
     try:
         # decode_image's own opener, so a file is corrupt here exactly when training would skip it;
@@ -82,8 +96,13 @@ def record_of_bytes(data: bytes) -> FileRecord:
                 image.draft("L", (JPEG_DRAFT_SIZE, JPEG_DRAFT_SIZE))
             rgb = decode_image(image)
     except UnreadableImage as err:
-        return FileRecord(digest, str(err))
-    return FileRecord(digest, None, width, height, mode, image_format or "unknown", phash(rgb))
+        return FileRecord(digest, str(err)), None
+    record = FileRecord(digest, None, width, height, mode, image_format or "unknown", phash(rgb))
+    return record, None if image_format == "JPEG" else rgb
+
+
+def record_of_bytes(data: bytes) -> FileRecord:
+    return record_and_pixels(data)[0]
 
 
 def stamp_of(stat: os.stat_result) -> Stamp:
