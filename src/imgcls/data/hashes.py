@@ -54,8 +54,9 @@ def _dct_rows(size: int, rows: int) -> np.ndarray:
     return matrix
 
 
-# The 8 lowest frequencies as two small products: half the time of scipy.fft.dctn on the whole thumbnail and
-# then slicing (0.73 -> 0.38 ms per phash with the thumbnail), bit-identical hashes on 2000 MNIST digits.
+# The 8 lowest frequencies as two small products rather than scipy.fft.dctn of the whole thumbnail, and the
+# median from a sort: 0.55-0.73 -> 0.37 ms per hash (0.18 of it the thumbnail), the same hashes bit for bit on
+# 2000 MNIST digits (one core, shared machine).
 _DCT = _dct_rows(HASH_INPUT_SIZE, HASH_SIDE)  # (8, 32)
 
 
@@ -78,7 +79,8 @@ def phash(rgb: np.ndarray) -> int:
     # Hand-written (10 lines): scipy already comes with scikit-learn; `imagehash` would add PyWavelets.
     thumbnail = Image.fromarray(rgb).convert("L").resize((HASH_INPUT_SIZE, HASH_INPUT_SIZE), Image.LANCZOS)
     frequencies = _DCT @ np.asarray(thumbnail, dtype=np.float64) @ _DCT.T  # (8, 8)
-    bits = frequencies > np.median(frequencies)
+    ordered, middle = np.sort(frequencies, axis=None), HASH_SIDE * HASH_SIDE // 2
+    bits = frequencies > (ordered[middle - 1] + ordered[middle]) / 2  # np.median's value, without its 0.06 ms
     return int.from_bytes(np.packbits(bits).tobytes(), "big")
 
 
