@@ -208,7 +208,8 @@ class HashStore:
         """`known` with each None computed by reading its file, and every new record stored."""
         missing = [index for index, record in enumerate(known) if record is None]
         records = list(known)
-        for index, (stamp, record) in zip(missing, map_threads(read_record, [paths[i] for i in missing], desc)):
+        computed = map_threads(read_record, [paths[i] for i in missing], desc) if missing else []
+        for index, (stamp, record) in zip(missing, computed):
             self.add(paths[index], stamp, record)
             records[index] = record
         self.save()
