@@ -169,13 +169,14 @@ class HashStore:
         """The stored record of each path whose size and mtime_ns are unchanged, else None."""
         if self.store_dir is None:
             return [None] * len(paths)
-        folders: dict[Path, dict[str, tuple[Stamp, FileRecord]]] = {}
+        folders: dict[str, dict[str, tuple[Stamp, FileRecord]]] = {}
         found: list[FileRecord | None] = []
         for path in paths:
-            path = Path(os.path.abspath(path))
-            if path.parent not in folders:
-                folders[path.parent] = self._read_folder(path.parent)
-            stored = folders[path.parent].get(path.name)
+            path = os.path.abspath(path)  # strings, not Paths: pathlib's parsing took half the time of a lookup
+            folder, name = os.path.split(path)
+            if folder not in folders:
+                folders[folder] = self._read_folder(Path(folder))
+            stored = folders[folder].get(name)
             try:
                 unchanged = stored is not None and stored[0] == stamp_of(os.stat(path))
             except OSError:
