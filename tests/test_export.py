@@ -94,7 +94,7 @@ def test_exported_model_takes_any_batch_size(exported, batch):
 
 
 @pytest.mark.parametrize("architecture, img_size", [
-    ("lenet5", 32), ("seed-cnn", 48), ("resnet10t", 64), ("mobilenetv3_small_050", 64), ("test_vit", 32),
+    ("lenet5", 32), ("seed-cnn", 48), ("speedrun-cnn", 32), ("resnet10t", 64), ("mobilenetv3_small_050", 64), ("test_vit", 32),
 ])
 def test_builtin_and_timm_cnns_and_vits_export_within_1e_4(architecture, img_size, tmp_path):
     bundle = random_bundle(architecture, img_size, tmp_path / "model")

@@ -13,11 +13,11 @@ from imgcls.models.classifier import Classifier
 from imgcls.models.registry import BUILTIN_MODELS, create_model, default_img_size
 from imgcls.models.weights import load_weights
 
-# Sizes each built-in must handle besides its design size (BUILTIN_MODELS[name].default_img_size),
+# Sizes each built-in must handle besides its design size (default_img_size(name)),
 # so a model added to the registry is tested at least at the size it was designed for.
 EXTRA_SIZES = {"seed-cnn": (32, 64), "lenet5": (28,), "cnn-bn": (32, 128, 224)}
-BUILTIN_CASES = [(name, size) for name, spec in BUILTIN_MODELS.items()
-                 for size in sorted({spec.default_img_size, *EXTRA_SIZES.get(name, ())})]
+BUILTIN_CASES = [(name, size) for name in BUILTIN_MODELS
+                 for size in sorted({default_img_size(name), *EXTRA_SIZES.get(name, ())})]
 TIMM_CNN, TIMM_VIT = "resnet10t", "vit_tiny_patch16_224"
 SMALL_VIT = "test_vit"  # timm's own 0.3M-parameter ViT for tests (patch 16, designed for 160 px): 8x faster to build
 

@@ -9,10 +9,11 @@ import torch
 from imgcls.errors import ImgclsError
 from imgcls.models.builtin import CnnBn
 from imgcls.models.classifier import Classifier
+from imgcls.models.registry import create_model
 from imgcls.train.calibration import fit_temperature
 from imgcls.train.config import TrainConfig
 from imgcls.train.run import train
-from imgcls.train.transfer import classifier_head, layer_lr_scales, set_backbone_trainable
+from imgcls.train.transfer import classifier_head, frozen_early_layers, layer_lr_scales, set_backbone_trainable
 
 from conftest import FAST_CONFIG
 
@@ -44,13 +45,13 @@ def test_frozen_backbone_without_augmentation_fits_the_head_on_features_computed
     from imgcls.train.run import FEATURE_BATCH
 
     calls = {"backbone": 0}
-    original_forward = CnnBn.forward
+    original_forward = CnnBn.forward_features
 
     def counting_forward(self, x):
         calls["backbone"] += 1
         return original_forward(self, x)
 
-    monkeypatch.setattr(CnnBn, "forward", counting_forward)
+    monkeypatch.setattr(CnnBn, "forward_features", counting_forward)
     config = TrainConfig(**{**TRANSFER, "epochs": 6}, init_from=str(trained_run.run_dir), mode="freeze", augment="none")
     result = train(digits_dir, tmp_path / "cached", config, progress=False)
     batches_per_pass = -(-210 // FEATURE_BATCH) + -(-40 // FEATURE_BATCH)  # train + validation features, once each
@@ -74,6 +75,31 @@ def test_layer_rates_decay_towards_the_input():
     scales = layer_lr_scales(model, decay=0.5)
     assert scales["net.head.3.weight"] == 1.0
     assert scales["net.blocks.2.0.weight"] == 0.5 and scales["net.blocks.0.0.weight"] == 0.125
+
+
+def test_a_residual_network_gets_one_rate_per_block_from_its_group_matcher():
+    model = Classifier(create_model("resnet18", num_classes=3, img_size=224))
+    scales = layer_lr_scales(model, decay=0.5)
+    assert scales["net.fc.weight"] == 1.0
+    assert scales["net.layer4.1.conv2.weight"] == 0.5 and scales["net.layer4.0.downsample.1.bias"] == 0.25
+    assert scales["net.layer2.0.conv1.weight"] == 0.5 ** 6 and scales["net.conv1.weight"] == scales["net.bn1.weight"] == 0.5 ** 9
+
+
+# What fine-tuning a pretrained backbone keeps frozen with the default layer decay: its stem and the
+# high-resolution blocks, where the backward pass costs most and the rate would be under a tenth.
+# Pinned to what the name-based grouping froze before rates came from timm's group_matcher.
+FROZEN_WHEN_FINETUNING = {
+    "efficientnet_lite0": ("conv_stem.", "bn1.", "blocks.0.", "blocks.1.", "blocks.2."),
+    "resnet18": ("conv1.", "bn1.", "layer1."),
+}
+
+
+@pytest.mark.parametrize("name", FROZEN_WHEN_FINETUNING)
+def test_finetuning_a_pretrained_backbone_freezes_its_stem_and_first_blocks(name):
+    model = Classifier(create_model(name, num_classes=3, img_size=224))
+    frozen = frozen_early_layers(model, TrainConfig().layer_decay)
+    expected = {n for n, _ in model.named_parameters() if n.removeprefix("net.").startswith(FROZEN_WHEN_FINETUNING[name])}
+    assert frozen == expected
 
 
 def test_freezing_leaves_only_the_head_trainable_and_batchnorm_can_stay_frozen():

@@ -100,13 +100,14 @@ def predict(model_or_run: str | Path | Predictor, images: Sequence[ImageSource] 
     return predictor.predict(images, top_k=top_k, unknown_below=unknown_below)
 
 
-def load(path: str | Path, device: str = "cpu", tta: str | None = None) -> Predictor:
+def load(path: str | Path, device: str = "cpu", tta: str | None = None, engine: str = "torch") -> Predictor:
     """Load a saved bundle (a run folder or its model/ folder) to predict with again and again; tta: a test-time
-    augmentation other than the bundle's own (none, flip, flip-shift). Returns a Predictor: `.predict(images)`
-    as `predict` returns, `.classes`, `.config` (the bundle's config.json)."""
+    augmentation other than the bundle's own (none, flip, flip-shift); engine: torch, or onnx / onnx-int8 for the
+    bundle's ONNX export (`imgcls export`, `--int8`). Returns a Predictor: `.predict(images)` as `predict`
+    returns, `.classes`, `.config` (the bundle's config.json)."""
     from .predict.predictor import Predictor
 
-    return Predictor.load(path, device=device, tta=tta)
+    return Predictor.load(path, device=device, engine=engine, tta=tta)
 
 
 def audit(data: str | Path, labels: bool = False, *, val_split: float = 0.2, seed: int = 0, folds: int = 5,

@@ -19,3 +19,7 @@ LOGGERS = ("csv", "tensorboard", "mlflow")
 # explain.maps.explain: its docstring says what each method shows.
 EXPLAIN_METHODS = ("gradcam", "gradcam++", "saliency", "smoothgrad", "integrated-gradients", "blocks",
                    "feature-maps", "filters")
+
+# predict.predictor.Predictor.load. onnx: the bundle's model.onnx (from `imgcls export`) run by onnxruntime;
+# onnx-int8: its model.int8.onnx (from `imgcls export --int8`), quantised and checked on the validation split.
+ENGINES = ("torch", "onnx", "onnx-int8")

@@ -22,7 +22,7 @@ from pathlib import Path
 # Only light modules here and in the parser builders: `imgcls --help` answers without importing torch,
 # timm or matplotlib, which each command imports when it runs (tests/test_cli.py checks it).
 from .. import __version__
-from ..choices import AUGMENT_PRESETS, EXPLAIN_METHODS, TTA_MODES
+from ..choices import AUGMENT_PRESETS, ENGINES, EXPLAIN_METHODS, TTA_MODES
 from ..errors import ExitStatus, ImgclsError, UsageError
 
 log = logging.getLogger("imgcls")
@@ -35,6 +35,7 @@ EPILOG_TRAIN = """examples:
   imgcls train data/ --model resnet50 --weights resnet50.safetensors   # your own starting weights
   imgcls train data/ --no-pretrained --model seed-cnn --img-size 150 --augment seed --epochs 50
   imgcls train --resume runs/data          # continue an interrupted run
+  imgcls train data/ --distill-from runs/big --model mobilenetv3_small_100   # a small model taught by a big one
 
 photos (images of 64 px or more) start from ImageNet weights: efficientnet_lite0 fine-tuned from a
 linear probe; thumbnails (CIFAR, MNIST) train cnn-bn from scratch. Without cached weights and no
@@ -55,7 +56,9 @@ EPILOG_SERVE = """examples:
 EPILOG_EXPORT = """examples:
   imgcls export runs/data                  # writes runs/data/model/model.onnx
   imgcls predict runs/data photos/ --engine onnx
-  imgcls export runs/data --out deploy/classifier.onnx --check-images photos/"""
+  imgcls export runs/data --out deploy/classifier.onnx --check-images photos/
+  imgcls export runs/data --int8           # also model.int8.onnx, if it loses at most 1 point of top-1
+  imgcls predict runs/data photos/ --engine onnx-int8"""
 
 EPILOG_EXPLAIN = """examples:
   imgcls explain runs/data photo.jpg                          # Grad-CAM of the predicted class: runs/data/explanations/
@@ -180,6 +183,12 @@ def _train_parser(commands) -> None:
                         "for timm models on photos when they can be had)")
     g.add_argument("--weights", metavar="FILE", help="start from a local checkpoint (.safetensors or state dict)")
     g.add_argument("--init-from", metavar="BUNDLE", help="start from another imgcls bundle (transfer to new classes)")
+    g = p.add_argument_group("distillation")
+    g.add_argument("--distill-from", metavar="TEACHER_BUNDLE",
+                   help="also learn from a larger imgcls bundle's answers (same classes): a small --model gains "
+                        "accuracy")
+    g.add_argument("--distill-temperature", type=float, metavar="T", help="softening of the teacher's answers")
+    g.add_argument("--distill-alpha", type=float, metavar="A", help="the teacher's weight in the loss; 1 - A goes to the labels")
     g = p.add_argument_group("transfer learning")
     mode = g.add_mutually_exclusive_group()
     mode.add_argument("--freeze", dest="mode", action="store_const", const="freeze",
@@ -248,8 +257,9 @@ def _serve_parser(commands) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--workers", type=int, default=1, help="processes, each with its own copy of the model")
     p.add_argument("--device", default="auto")
-    p.add_argument("--engine", choices=("auto", "torch", "onnx"), default="auto",
-                   help="what runs predictions; auto = ONNX Runtime when the bundle has model.onnx (imgcls export)")
+    p.add_argument("--engine", choices=("auto", *ENGINES), default="auto",
+                   help="what runs predictions; auto = ONNX Runtime on model.int8.onnx (imgcls export --int8), "
+                        "else model.onnx (imgcls export), when the bundle has one")
     p.add_argument("--data", dest="data_dir", metavar="TRAIN_DIR",
                    help="training images for look-alikes (default: the run's own, from its data.json)")
     g = p.add_argument_group("limits and batching")
@@ -279,6 +289,17 @@ def _export_parser(commands) -> None:
                    help="largest score difference from PyTorch accepted (default 1e-4)")
     p.add_argument("--check-images", nargs="+", metavar="PATH",
                    help="images to compare on (default: the bundle's validation images, else generated ones)")
+    g = p.add_argument_group("int8 (--int8)")
+    g.add_argument("--int8", action="store_true",
+                   help="also write model.int8.onnx: quantised on training images, then checked against the fp32 "
+                        "export on the validation split (top-1, per-class recall, calibration, agreement)")
+    g.add_argument("--max-drop", type=float, metavar="POINTS",
+                   help="refuse the int8 model (keeping the fp32 one) if it loses more top-1 percentage points than "
+                        "this (default 1.0)")
+    g.add_argument("--calibration-images", type=int, metavar="N",
+                   help="training images that set the int8 activation ranges (default 256)")
+    g.add_argument("--data", dest="data_dir", metavar="DATA_DIR",
+                   help="the run's data folder, if it moved (default: the one its data.json records)")
 
 
 def _explain_parser(commands) -> None:
@@ -338,6 +359,10 @@ TTA_HELP = ("test-time augmentation: flip averages with the mirrored image, flip
             "pairs (default: the bundle's, set by its recipe)")
 
 
+ENGINE_HELP = ("onnx: run model.onnx (after imgcls export); onnx-int8: model.int8.onnx (after imgcls export --int8), "
+               "smaller and faster on CPUs")
+
+
 def _add_commands(parser: argparse.ArgumentParser) -> None:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_CommandParser)
     _train_parser(commands)
@@ -351,6 +376,7 @@ def _add_commands(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=("table", "json"), default="table")
     p.add_argument("--device", default="auto")
     p.add_argument("--tta", choices=TTA_MODES, help=TTA_HELP)
+    p.add_argument("--engine", choices=ENGINES, default="torch", help=ENGINE_HELP)
     p = commands.add_parser("predict", help="predict classes of new images", epilog=EPILOG_PREDICT)
     p.add_argument("bundle")
     p.add_argument("inputs", nargs="+", metavar="PATH", help="image files, folders or glob patterns")
@@ -362,7 +388,7 @@ def _add_commands(parser: argparse.ArgumentParser) -> None:
                         "else never)")
     p.add_argument("--device", default="auto")
     p.add_argument("--tta", choices=TTA_MODES, help=TTA_HELP)
-    p.add_argument("--engine", choices=("torch", "onnx"), default="torch", help="onnx: run model.onnx (after imgcls export)")
+    p.add_argument("--engine", choices=ENGINES, default="torch", help=ENGINE_HELP)
     g = p.add_argument_group("large folders")
     g.add_argument("--out", type=Path, metavar="FILE",
                    help="write the rows to FILE, a chunk at a time, and a summary to stdout; an existing FILE is "
@@ -477,7 +503,8 @@ def cmd_evaluate(args) -> int:
     from ..evaluate.evaluation import evaluate
     from . import render
 
-    metrics, out_dir = evaluate(args.bundle, args.data, args.out, args.split, args.labels_csv, args.device, args.tta)
+    metrics, out_dir = evaluate(args.bundle, args.data, args.out, args.split, args.labels_csv, args.device, args.tta,
+                                args.engine)
     if args.format == "json":
         print(json.dumps(metrics, indent=2))
     else:
@@ -548,7 +575,26 @@ def cmd_export(args) -> int:
     checked = ", ".join(f"{count} {source}" for source, count in result.checked.items())
     print(f"{result.path}\nmax difference from PyTorch: {result.max_score_diff:.1e} in scores (tolerance {tolerance:.0e}), "
           f"{result.max_logit_diff:.1e} in logits; on {checked}")
+    if args.int8:
+        from ..export.quantize import CALIBRATION_IMAGES, MAX_DROP_POINTS, export_int8
+        from . import render
+
+        int8 = export_int8(args.bundle, result.path, MAX_DROP_POINTS if args.max_drop is None else args.max_drop,
+                           CALIBRATION_IMAGES if args.calibration_images is None else args.calibration_images,
+                           args.data_dir)
+        print(f"{int8.path}\n{render.int8_check(int8.record)}")
+        _refresh_report(args.bundle)
     return ExitStatus.OK
+
+
+def _refresh_report(bundle: str) -> None:
+    """The run's report.html, written again to show what was just added to its bundle's config.json."""
+    from ..explain.report import REPORT_FILE, write_report
+    from ..models.bundle import outputs_folder
+
+    run_dir = outputs_folder(bundle)
+    if (run_dir / REPORT_FILE).is_file():
+        write_report(run_dir)
 
 
 def cmd_push(args) -> int:

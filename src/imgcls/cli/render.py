@@ -120,3 +120,12 @@ def unknown_trade_off(report: dict) -> str:
                f"(AUROC {report['auroc']:.3f}; {report['n_in_distribution']} in-distribution, {report['n_outliers']} outliers)")
     saved = "stored in the bundle: predict now answers 'unknown' below it" if report["saved"] else "not stored (--no-save)"
     return f"{_table(rows, columns)}\n\n{verdict}\n{saved}"
+
+
+def int8_check(record: dict) -> str:
+    """The int8 export's check (export.quantize's int8_export record) in three lines."""
+    return (f"top-1 {record['top1_int8']:.2f}% int8 vs {record['top1_fp32']:.2f}% fp32 ({record['drop_points']:+.2f} "
+            f"points lost) on {record['validation_images']} validation images; {100 * record['agreement']:.1f}% same "
+            f"class\nECE {record['ece_int8']:.4f} at the re-fitted temperature {record['temperature']:.3g} "
+            f"(fp32 {record['ece_fp32']:.4f}; int8 before re-fitting {record['ece_int8_before_refit']:.4f})\n"
+            f"calibrated on {record['calibration_images']} training images")

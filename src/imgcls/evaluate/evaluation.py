@@ -92,16 +92,18 @@ def _split_scored(data_dir: str | Path, split: str | None, labels_csv: str | Pat
 
 def evaluate(bundle: str | Path | Predictor, data_dir: str | Path, out_dir: str | Path | None = None,
              split: str | None = None, labels_csv: str | Path | None = None, device: str = "cpu",
-             tta: str | None = None) -> tuple[dict, Path]:
+             tta: str | None = None, engine: str = "torch") -> tuple[dict, Path]:
     """Score a bundle (run folder, model/ folder, or a loaded Predictor) on the labelled images of `data_dir`:
     its `split`, by default test, else validation, else every image. Returns the metrics, whose 'split' names
     the images scored, and the folder written: by default RUN_DIR/evaluation-<data folder>-<split>, or, when
-    that holds an earlier evaluation, the first free one of its -2, -3, ... (said in the log)."""
+    that holds an earlier evaluation, the first free one of its -2, -3, ... (said in the log). `engine` (choices.ENGINES)
+    runs the model: a loaded Predictor brings its own."""
     from ..predict.predictor import Predictor
 
-    if isinstance(bundle, Predictor) and tta is not None:
-        raise UsageError(f"tta is chosen when the model is loaded: imgcls.load(path, tta={tta!r})")
-    predictor = bundle if isinstance(bundle, Predictor) else Predictor.load(bundle, device=device, tta=tta)
+    for name, value, default in (("tta", tta, None), ("engine", engine, "torch")):
+        if isinstance(bundle, Predictor) and value != default:
+            raise UsageError(f"{name} is chosen when the model is loaded: imgcls.load(path, {name}={value!r})")
+    predictor = bundle if isinstance(bundle, Predictor) else Predictor.load(bundle, device=device, engine=engine, tta=tta)
     samples = find_evaluation_images(data_dir, predictor.classes, split, predictor.config.multi_label, labels_csv)
     split = _split_scored(data_dir, split, labels_csv)
     run_dir = predictor.run_dir

@@ -8,10 +8,11 @@ without a table per model family:
               tokens (after the model's `num_prefix_tokens` class/register tokens) fill a
               square grid. Identity, dropout and in-place activations are left out: their
               output is their input.
-  default     the deepest candidate shaped like the final feature map whose output still reaches
-              the logits. In a ViT with a class token the last block's patch tokens do not (only
-              the class token goes on), so the map comes from that block's input norm, the layer
-              pytorch-grad-cam recommends for ViTs.
+  default     the last feature block: the layer whose output timm's `forward_features` returns
+              (every model imgcls builds is a timm model), or, where that output does not reach
+              the logits, the deepest layer before it of the same shape that does. In a ViT with a
+              class token the final patch tokens do not (only the class token goes on), so the map
+              comes from the last block's input norm, the layer pytorch-grad-cam recommends for ViTs.
   blocks      one layer per resolution in a CNN (the shallowest module at it), and every block of
               a transformer, for "how the important regions evolve through the network".
 
@@ -41,6 +42,7 @@ class Layer:
     prefix_tokens: int | None  # tokens before the patch grid (class, registers); None for a CNN map
     reaches_output: bool  # the logits have a gradient at its spatial positions
     depth: int  # enclosing modules, not counting plain nn.Sequential lists
+    ends_features: bool  # its output is what the model's forward_features returns
 
     @property
     def tokens(self) -> bool:
@@ -112,7 +114,7 @@ def _named_once(net: nn.Module, outputs: list[tuple[str, object, int]]) -> list[
 
 
 def find_layers(model: nn.Module, img_size: int) -> list[Layer]:
-    """Every candidate layer of `model.net`, in the order their outputs are complete."""
+    """Every candidate layer of `model.net` (a Classifier's timm model), in the order their outputs are complete."""
     net = model.net
     device = next(model.parameters()).device
     outputs: list[tuple[str, object, int]] = []
@@ -127,14 +129,15 @@ def find_layers(model: nn.Module, img_size: int) -> list[Layer]:
     probe = torch.rand(1, 3, img_size, img_size, generator=torch.Generator().manual_seed(PROBE_SEED)).to(device)
     try:
         with torch.enable_grad():
-            logits = model(probe.requires_grad_())
+            features = net.forward_features(model.normalize(probe.requires_grad_()))
+            logits = net.forward_head(features)
             maps = [(name, out, *found) for name, out in _named_once(net, outputs)
                     if (found := _as_map(net, out)) is not None]
             grads = torch.autograd.grad(logits.square().sum(), [m[1] for m in maps], allow_unused=True)
     finally:
         for hook in hooks:
             hook.remove()
-    return [Layer(name, tuple(out.shape[1:]), grid, prefix, _reaches(grad, prefix), _depth(net, name))
+    return [Layer(name, tuple(out.shape[1:]), grid, prefix, _reaches(grad, prefix), _depth(net, name), out is features)
             for (name, out, grid, prefix), grad in zip(maps, grads)]
 
 
@@ -146,7 +149,11 @@ def default_layer(layers: list[Layer]) -> Layer:
     if not layers:
         raise ImgclsError("this model has no layer with a spatial output (no feature map, no patch tokens) to explain; "
                           "use --method saliency, smoothgrad or integrated-gradients")
-    layer = _deepest_reaching(layers, layers[-1].shape) or next((l for l in reversed(layers) if l.reaches_output), None)
+    # where forward_features ends in a function rather than a module, no layer gives its output: the last map
+    last_block = next((index for index, layer in enumerate(layers) if layer.ends_features), len(layers) - 1)
+    up_to_features = layers[: last_block + 1]
+    layer = (_deepest_reaching(up_to_features, layers[last_block].shape)
+             or next((l for l in reversed(up_to_features) if l.reaches_output), None))
     if layer is None:
         raise ImgclsError("no layer of this model passes gradients back to its spatial positions; "
                           "use --method saliency, smoothgrad or integrated-gradients")

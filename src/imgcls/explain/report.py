@@ -4,7 +4,8 @@ Sections (their HTML ids): a summary of the run (`summary`: task, headline metri
 training time and settings), the dataset audit (`audit`), learning curves (`curves`), confusion
 matrix (`confusion`), classification report (`report`), most-confused class pairs
 (`confused-pairs`), the worst mistakes with their Grad-CAM (`mistakes`), suspect labels
-(`suspect-labels`), calibration (`calibration`) and a sample of correct predictions (`correct`).
+(`suspect-labels`), calibration (`calibration`), a sample of correct predictions (`correct`) and, once
+`imgcls export --int8` has run, the int8 model's check against fp32 (`int8`).
 
 Everything comes from what training wrote (model/config.json, evaluation/metrics.json,
 predictions.csv and plots, data.json, history.csv), plus an audit of the data folder and Grad-CAM
@@ -234,6 +235,18 @@ def _calibration_section(metrics: dict, evaluation: Path) -> str:
                      "read as miscalibration."))
 
 
+def _int8_section(record: dict) -> str:
+    """export.quantize's int8_export record: what quantisation cost, on the validation split."""
+    recall = [[name, f"{value:.3f}"] for name, value in record["per_class_recall"].items()]
+    return (H.headline([("top-1 int8", f"{record['top1_int8']:.2f}%"), ("top-1 fp32", f"{record['top1_fp32']:.2f}%"),
+                        ("same class as fp32", f"{100 * record['agreement']:.1f}%"), ("ECE int8", f"{record['ece_int8']:.4f}")])
+            + H.facts([("validation images", str(record["validation_images"])),
+                       ("calibration images", f"{record['calibration_images']} (training split)"),
+                       ("ECE", f"fp32 {record['ece_fp32']:.4f}; int8 {record['ece_int8_before_refit']:.4f} at the fp32 "
+                               f"temperature, {record['ece_int8']:.4f} at its own ({record['temperature']:.3g})")])
+            + H.details("int8 recall per class", H.table(["class", "recall"], recall)))
+
+
 def build_report(run_dir: str | Path, device: str = "cpu") -> str:
     """The report's HTML text for the run in `run_dir`."""
     from ..predict.predictor import Predictor
@@ -265,6 +278,8 @@ def build_report(run_dir: str | Path, device: str = "cpu") -> str:
         ("correct", "Correct predictions (a random sample)",
          _gallery(predictor, sample, "No correctly predicted validation image is available to show.")),
     ]
+    if predictor.config.int8_export:
+        sections.append(("int8", "int8 model (imgcls export --int8)", _int8_section(predictor.config.int8_export)))
     subtitle = f"{predictor.config.architecture} at {predictor.config.img_size} px, {len(predictor.classes)} classes - {run_dir.resolve()}"
     return H.page(f"imgcls report: {run_dir.name}", subtitle, sections)
 

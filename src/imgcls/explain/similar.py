@@ -1,9 +1,8 @@
 """Look-alikes: the training images nearest to a query in the model's own embedding space.
 
-The embedding is the input of the last linear layer the network runs (its penultimate features),
-caught by forward pre-hooks, so the same code serves the built-in CNNs (`head` ends in a Linear) and
-timm models (`forward_head(pre_logits=True)` feeds `head`/`fc`/`classifier`). Vectors are
-L2-normalised and compared by cosine similarity.
+The embedding is what the classifier reads, the penultimate features: timm's
+`forward_head(pre_logits=True)` (Classifier.pre_logits), the same for the built-in CNNs and every timm
+model. Vectors are L2-normalised and compared by cosine similarity.
 
 The index of the training images is built once and stored beside the bundle:
   BUNDLE/similar_index.safetensors  'embeddings' (N, D) float32
@@ -39,25 +38,18 @@ SPLIT_KEYS = ("val_split", "test_split", "seed", "multi_label", "labels_csv", "m
 
 @torch.inference_mode()
 def embed(predictor, pixels: np.ndarray) -> np.ndarray:
-    """(N, H, W, 3) uint8 -> (N, D) float32 unit vectors: the input of the last linear layer to run."""
+    """(N, H, W, 3) uint8 -> (N, D) float32 unit vectors: the model's pre-logits features."""
     require_torch_model(predictor)
-    net, last, features = predictor.model.net, [], []
-    handles = [module.register_forward_pre_hook(lambda _m, inputs: last.__setitem__(slice(None), inputs[:1]))
-               for module in net.modules() if isinstance(module, nn.Linear)]
-    if not handles:
-        raise ImgclsError("this model has no linear classifier layer, so it has no penultimate features to compare")
-    try:
-        for start in range(0, len(pixels), BATCH_SIZE):
-            predictor.model(to_model_input(torch.as_tensor(pixels[start: start + BATCH_SIZE]), predictor.device))
-            features.append(last[0].flatten(1).float())
-    finally:
-        for handle in handles:
-            handle.remove()
+    features = [predictor.model.pre_logits(to_model_input(torch.as_tensor(pixels[start: start + BATCH_SIZE]),
+                                                          predictor.device)).flatten(1).float()
+                for start in range(0, len(pixels), BATCH_SIZE)]
     return nn.functional.normalize(torch.cat(features), dim=1).cpu().numpy()
 
 
-def _training_images(bundle_dir: Path, data_dir) -> LabelledImages:
-    """The run's training split: data.json says where the data is and how it was split."""
+def run_dataset(bundle_dir: Path, data_dir) -> LabelledImages:
+    """The run's data, split as it trained on it: data.json says where the data is and how it was split;
+    `data_dir` (not None) stands in for a data folder that moved. Look-alikes and the int8 export's
+    calibration (export.quantize) read its splits."""
     summary_path = bundle_dir.parent / "data.json"
     summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
     if data_dir is None:
@@ -86,7 +78,7 @@ def _build(predictor, dataset: LabelledImages, bundle_dir: Path) -> tuple[np.nda
 def load_index(predictor, bundle_dir: str | Path, data_dir=None) -> tuple[np.ndarray, dict]:
     """(N, D) embeddings of the training images and their {'paths', 'labels', ...}, built if missing or stale."""
     bundle_dir = Path(bundle_dir)
-    dataset = _training_images(bundle_dir, data_dir)
+    dataset = run_dataset(bundle_dir, data_dir)
     meta_path = bundle_dir / INDEX_META
     if meta_path.is_file() and (bundle_dir / INDEX_FILE).is_file():
         meta = json.loads(meta_path.read_text(encoding="utf-8"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from ..models.bundle import BundleConfig, find_bundle, read_bundle_config
 log = logging.getLogger(__name__)
 
 ONNX_FILE = "model.onnx"  # beside model.safetensors, where `--engine onnx` looks for it
+INT8_SUFFIX = ".int8.onnx"  # model.onnx -> model.int8.onnx (`--engine onnx-int8`), classifier.onnx -> classifier.int8.onnx
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
 
 
@@ -63,10 +65,26 @@ class OnnxModel:
         return torch.from_numpy(logits)
 
 
-def load_onnx(path: str | Path, device: str | torch.device = "cpu") -> tuple[OnnxModel, BundleConfig]:
-    """The bundle's exported model and its config: the ONNX counterpart of load_bundle."""
+def int8_path(fp32_path: str | Path) -> Path:
+    """Where the int8 model quantised from the fp32 export at `fp32_path` is written: beside it."""
+    fp32_path = Path(fp32_path)
+    return fp32_path.with_name(fp32_path.name.removesuffix(".onnx") + INT8_SUFFIX)
+
+
+INT8_ONNX_FILE = int8_path(ONNX_FILE).name
+
+
+def load_onnx(path: str | Path, device: str | torch.device = "cpu", int8: bool = False) -> tuple[OnnxModel, BundleConfig]:
+    """The bundle's exported model and its config: the ONNX counterpart of load_bundle. With `int8`, the
+    quantised model, and the config with the temperature fitted on its logits (export.quantize)."""
     folder = find_bundle(path)
     config = read_bundle_config(folder)
-    if not (folder / ONNX_FILE).is_file():
-        raise ImgclsError(f"bundle '{folder}' has no {ONNX_FILE}; run `imgcls export {path}` first (or use --engine torch)")
-    return OnnxModel(folder / ONNX_FILE, device), config
+    name, flag = (INT8_ONNX_FILE, " --int8") if int8 else (ONNX_FILE, "")
+    if not (folder / name).is_file():
+        raise ImgclsError(f"bundle '{folder}' has no {name}; run `imgcls export {path}{flag}` first (or use --engine torch)")
+    if int8:
+        if not config.int8_export:
+            raise ImgclsError(f"bundle '{folder}' has {name} but no int8_export record in its config.json; "
+                              f"run `imgcls export {path} --int8` again")
+        config = replace(config, temperature=config.int8_export["temperature"])
+    return OnnxModel(folder / name, device), config

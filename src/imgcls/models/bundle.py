@@ -67,6 +67,9 @@ class BundleConfig:
     # only, which loading never acts on. Bundles saved before it have none.
     settings: dict = field(default_factory=dict)
     wall_time_s: float | None = None  # training's duration, from its start to this bundle saved
+    # `imgcls export --int8`: how model.int8.onnx did against model.onnx on the validation split, and the
+    # temperature fitted on its own logits, which `--engine onnx-int8` uses (export.quantize)
+    int8_export: dict | None = None
     imgcls_version: str = __version__
 
     @property
@@ -222,6 +225,8 @@ FIELD_RULES = {
     "metrics": (lambda v: isinstance(v, dict), "an object"),
     "settings": (lambda v: isinstance(v, dict), "an object"),
     "wall_time_s": (lambda v: v is None or (_number(v) and v >= 0), "null or a number of seconds, 0 or more"),
+    "int8_export": (lambda v: v is None or (isinstance(v, dict) and _number(v.get("temperature")) and v["temperature"] > 0),
+                    "null or an object with a temperature above 0"),
     "imgcls_version": (_text, "a string"),
 }
 CHOICES = {"task": TASKS, "resize": RESIZE_MODES, "tta": TTA_MODES}

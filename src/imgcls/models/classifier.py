@@ -2,6 +2,9 @@
 
 Keeping mean/std as buffers of the model means every consumer (predict, explain, ONNX export,
 the server) feeds the same thing, RGB in [0, 1], and can never normalise differently.
+
+`net` is a timm model (imgcls's built-ins are registered with timm): its penultimate features come
+from timm's `forward_head(pre_logits=True)`, the same for every architecture.
 """
 from __future__ import annotations
 
@@ -30,6 +33,11 @@ class Classifier(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) RGB in [0, 1] -> (B, num_classes) logits."""
         return self.net(self.normalize(images))
+
+    def pre_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) RGB in [0, 1] -> (B, D) the features the classifier reads: what a linear
+        probe is fitted on and look-alikes are compared by."""
+        return self.net.forward_head(self.net.forward_features(self.normalize(images)), pre_logits=True)
 
 
 def tta_logits(model: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, tta: str) -> torch.Tensor:

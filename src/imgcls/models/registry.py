@@ -1,5 +1,10 @@
 """One way to build any model by name: imgcls's built-in CNNs, or any timm architecture.
 
+Every model is a timm model: the built-ins are registered with timm (models.builtin) under their
+names with underscores (`timm_name`), so all of them are built by timm.create_model and speak one
+interface. Whether a model takes `img_size` is read from its pretrained_cfg (`fixed_input_size`),
+never found out by trial.
+
 A bundle stores the name and the keyword arguments given here, so `create_model(**config)`
 rebuilds exactly the trained architecture; `architecture_arguments` says which arguments a bundle may hold.
 """
@@ -7,29 +12,20 @@ from __future__ import annotations
 
 import inspect
 import logging
-from dataclasses import dataclass
-from typing import Callable
 
+import torch
 from torch import nn
 
 from ..errors import ImgclsError, did_you_mean
-from . import builtin
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class BuiltinModel:
-    build: Callable[..., nn.Module]
-    default_img_size: int  # the size the architecture was designed for
-    summary: str
-
-
+# The built-in CNNs (models.builtin) by their user-facing names, with a summary for `imgcls models`.
 BUILTIN_MODELS = {
-    "seed-cnn": BuiltinModel(builtin.SeedCNN, 150, "Keras tutorial CNN: 3 conv blocks 32/32/64, dense 64, dropout 0.5"),
-    "lenet5": BuiltinModel(builtin.LeNet5, 32, "LeNet-5 (LeCun 1998) with ReLU and max-pool"),
-    "cnn-bn": BuiltinModel(builtin.CnnBn, 128, "conv-BN-GELU blocks 64/128/256, dropout: strong from scratch"),
-    "speedrun-cnn": BuiltinModel(builtin.SpeedrunCNN, 32, "whitening + conv-BN-GELU blocks 64/256/256, for --recipe speedrun"),
+    "seed-cnn": "Keras tutorial CNN: 3 conv blocks 32/32/64, dense 64, dropout 0.5",
+    "lenet5": "LeNet-5 (LeCun 1998) with ReLU and max-pool",
+    "cnn-bn": "conv-BN-GELU blocks 64/128/256, dropout: strong from scratch",
+    "speedrun-cnn": "whitening + conv-BN-GELU blocks 64/256/256, for --recipe speedrun",
 }
 # timm architectures are designed for 224 px; a from-scratch user on CPU rarely wants more.
 TIMM_DEFAULT_IMG_SIZE = 224
@@ -55,16 +51,27 @@ STARTING_POINTS = {
 
 
 def _timm():
-    import timm  # imported lazily: it is slow to import and only some commands need it
+    """timm, with imgcls's built-ins registered in it: imported lazily, as it is slow to import
+    (about a second) and only some commands need it."""
+    import timm
+
+    from . import builtin  # noqa: F401  registers seed_cnn, lenet5, cnn_bn, speedrun_cnn
 
     return timm
 
 
+def timm_name(name: str) -> str:
+    """timm's registry name of `name`: a built-in's hyphens become underscores ('seed-cnn' -> 'seed_cnn')."""
+    return name.replace("-", "_") if name in BUILTIN_MODELS else name
+
+
+def _pretrained_cfg(name: str):
+    return _timm().get_pretrained_cfg(timm_name(name))
+
+
 def default_img_size(name: str) -> int:
-    if name in BUILTIN_MODELS:
-        return BUILTIN_MODELS[name].default_img_size
     check_model_name(name)
-    config = _timm().get_pretrained_cfg(name)
+    config = _pretrained_cfg(name)
     return config.input_size[-1] if config is not None and config.input_size else TIMM_DEFAULT_IMG_SIZE
 
 
@@ -72,18 +79,26 @@ def check_model_name(name: str) -> None:
     if name in BUILTIN_MODELS:
         return
     timm = _timm()
-    if not timm.is_model(name):
+    if not timm.is_model(name) or name in map(timm_name, BUILTIN_MODELS):  # a built-in goes by its own name
         raise ImgclsError(
-            f"unknown model '{name}'{did_you_mean(name, [*BUILTIN_MODELS, *timm.list_models()])} "
+            f"unknown model '{name}'{did_you_mean(name, [*BUILTIN_MODELS, *_timm_only(timm.list_models())])} "
             f"(built-in: {', '.join(BUILTIN_MODELS)}; or any name from `imgcls models`)"
         )
+
+
+def _timm_only(names: list[str]) -> list[str]:
+    """timm's names less the built-ins registered in it, which imgcls lists and takes by their own names."""
+    registered = {timm_name(name) for name in BUILTIN_MODELS}
+    return [name for name in names if name not in registered]
 
 
 def architecture_arguments(name: str) -> frozenset[str]:
     """Keyword arguments a bundle may rebuild `name` with: a built-in model's own (sizes and rates,
     all numbers), or TIMM_BUNDLE_ARGUMENTS; create_model itself sets the class count, channels and size."""
     if name in BUILTIN_MODELS:
-        parameters = inspect.signature(BUILTIN_MODELS[name].build).parameters
+        from . import builtin
+
+        parameters = inspect.signature(builtin.ARCHITECTURES[timm_name(name)]).parameters
         return frozenset(parameters) - {"num_classes", "in_chans", "img_size"}
     return TIMM_BUNDLE_ARGUMENTS
 
@@ -93,33 +108,50 @@ def create_model(name: str, num_classes: int, img_size: int, in_chans: int = 3,
     """Build `name` with a `num_classes` head for `img_size` inputs; weights are random unless
     `pretrained` (timm weights from the Hugging Face hub or the local cache)."""
     check_model_name(name)
-    if name in BUILTIN_MODELS:
-        if pretrained:
-            raise ImgclsError(f"built-in model '{name}' has no pretrained weights; pick a timm model "
-                              "(e.g. --model mobilenetv2_100) or pass --weights FILE")
-        return BUILTIN_MODELS[name].build(num_classes=num_classes, in_chans=in_chans, img_size=img_size, **kwargs)
+    if name in BUILTIN_MODELS and pretrained:
+        raise ImgclsError(f"built-in model '{name}' has no pretrained weights; pick a timm model "
+                          "(e.g. --model mobilenetv2_100) or pass --weights FILE")
     from .weights import pretrained_timm_model
 
     build = pretrained_timm_model if pretrained else _timm().create_model
-    model_kwargs = dict(num_classes=num_classes, in_chans=in_chans, **kwargs)
-    try:  # transformers need their patch grid sized for the input (timm resamples pretrained position embeddings)
-        return build(name, img_size=img_size, **model_kwargs)
-    except TypeError:  # CNNs take any size and have no img_size argument
-        return build(name, **model_kwargs)
+    config = _pretrained_cfg(name)
+    fixed_size = config is not None and config.fixed_input_size
+    if fixed_size:  # e.g. ViTs: the patch grid is sized for the input (timm resamples pretrained position embeddings)
+        kwargs["img_size"] = img_size
+    net = build(timm_name(name), num_classes=num_classes, in_chans=in_chans, **kwargs)
+    design_size = config.input_size[-1] if config is not None and config.input_size else TIMM_DEFAULT_IMG_SIZE
+    if not fixed_size and img_size != design_size:
+        _check_input_size(net, name, img_size, in_chans, design_size)
+    return net
+
+
+@torch.no_grad()
+def _check_input_size(net: nn.Module, name: str, img_size: int, in_chans: int, design_size: int) -> None:
+    """A model built for one size that its pretrained_cfg does not mark as fixed (halonet26t, whose
+    attention is sized for 256 px) fails at its first forward of another size with a bare error
+    (an AssertionError): one forward of a blank image says so at build time, in one line."""
+    training = net.training
+    try:
+        net.eval()(torch.zeros(1, in_chans, img_size, img_size))
+    except Exception as err:  # whatever the architecture raises: an assertion, a shape mismatch
+        raise ImgclsError(f"model '{name}' does not take {img_size} px images ({type(err).__name__}); "
+                          f"pass --img-size {design_size}, the size it is built for") from None
+    finally:
+        net.train(training)
 
 
 def list_models(pattern: str = "") -> list[tuple[str, str, str]]:
     """(name, source, pretrained weights): built-in models with a summary, then timm names matching the wildcard
     `pattern`. The weights say how many sets timm has (its pretrained tags) and which --pretrained loads."""
     timm, wildcard = _timm(), f"*{pattern}*" if pattern else "*"
-    rows = [(name, spec.summary, "none: trains from scratch") for name, spec in BUILTIN_MODELS.items()
+    rows = [(name, summary, "none: trains from scratch") for name, summary in BUILTIN_MODELS.items()
             if not pattern or pattern in name]
     weight_sets: dict[str, int] = {}
     for tagged in timm.list_models(wildcard, pretrained=True):  # 'resnet18.a1_in1k': an architecture and a tag
         architecture = tagged.split(".", 1)[0]
         weight_sets[architecture] = weight_sets.get(architecture, 0) + 1
     return rows + [(name, "timm", _weights_summary(timm, name, weight_sets.get(name, 0)))
-                   for name in timm.list_models(wildcard)]
+                   for name in _timm_only(timm.list_models(wildcard))]
 
 
 def _weights_summary(timm, name: str, sets: int) -> str:

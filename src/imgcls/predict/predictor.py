@@ -8,6 +8,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
+from ..choices import ENGINES
 from ..data.cache import decode_cached, default_cache_dir
 from ..data.images import ImageSource, UnreadableImage, decode_image, file_error, split_batch
 from ..data.loader import to_model_input
@@ -28,7 +29,6 @@ BATCH_SIZE = 64
 # model runs on, the next one decoding), 154 MB each at 224 px. At least cache.PROCESS_MIN_IMAGES, so that a full
 # chunk decodes in worker processes rather than in threads, which serialise on the GIL for small images.
 CHUNK_IMAGES = 1024
-ENGINES = ("torch", "onnx")  # onnx: the bundle's model.onnx (from `imgcls export`) run by onnxruntime
 
 
 def _check_options(top_k: int, unknown_below: float | None) -> None:
@@ -63,10 +63,10 @@ class Predictor:
         bundle_dir = find_bundle(path)  # once: a Hub bundle asks the Hub for its revision
         if engine == "torch":
             model, config = load_bundle(bundle_dir, device)
-        elif engine == "onnx":
+        elif engine in ("onnx", "onnx-int8"):
             from ..export.session import load_onnx  # onnxruntime loads only for those who ask for it
 
-            model, config = load_onnx(bundle_dir, device)
+            model, config = load_onnx(bundle_dir, device, int8=engine == "onnx-int8")
         else:
             raise UsageError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
         if tta is not None and tta not in TTA_MODES:

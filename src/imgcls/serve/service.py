@@ -15,12 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..choices import ENGINES
 from ..data.images import UnreadableImage, decode_image, open_image
 from ..errors import ImgclsError, UsageError
 from ..extras import installed
 from ..explain.maps import EXPLAIN_METHODS, Explanation, check_method, explain
-from ..export.session import ONNX_FILE
-from ..predict.predictor import ENGINES, Predictor
+from ..export.session import INT8_ONNX_FILE, ONNX_FILE
+from ..predict.predictor import Predictor
 from .batching import Backend, DynamicBatcher
 from .config import ServeConfig
 from .lookalikes import LookAlikeIndex
@@ -38,19 +39,32 @@ class TooManyPixels(ImgclsError):
     """An upload whose header declares more pixels than the server decodes."""
 
 
+def _automatic_engine(bundle_dir: Path) -> str:
+    """The fastest export the bundle has: the int8 model (checked against fp32 when written), else the fp32
+    one, else PyTorch; PyTorch too when onnxruntime is not installed, said in the log."""
+    exported = [(engine, file) for engine, file in (("onnx-int8", INT8_ONNX_FILE), ("onnx", ONNX_FILE))
+                if (bundle_dir / file).is_file()]
+    if not exported:
+        return "torch"
+    engine, file = exported[0]
+    if not installed("onnxruntime"):
+        log.warning("predictions run on PyTorch: %s needs the onnx extra (pip install 'imgcls[onnx]')", file)
+        return "torch"
+    return engine
+
+
 def load_models(bundle: str | Path, device: str = "auto", engine: str = "auto") -> tuple[Predictor, Predictor]:
-    """The PyTorch predictor (explanations need its gradients) and the one that runs predictions:
-    ONNX Runtime when the bundle has an export (engine 'auto' or 'onnx'), else the same predictor."""
+    """The PyTorch predictor (explanations need its gradients) and the one that runs predictions: `engine`'s,
+    and with 'auto' ONNX Runtime on the int8 export, else the fp32 one, when the bundle has one."""
     if engine not in ("auto", *ENGINES):
-        raise UsageError(f"unknown engine {engine!r}; use auto, {' or '.join(ENGINES)}")
+        raise UsageError(f"unknown engine {engine!r}; use auto, {', '.join(ENGINES)}")
     predictor = Predictor.load(bundle, device)
-    exported = predictor.bundle_dir / ONNX_FILE
-    if engine == "auto" and exported.is_file() and not installed("onnxruntime"):
-        log.warning("predictions run on PyTorch: %s needs the onnx extra (pip install 'imgcls[onnx]')", exported.name)
-    elif engine == "onnx" or (engine == "auto" and exported.is_file()):
-        log.info("predictions run on ONNX Runtime (%s)", exported)
-        return predictor, Predictor.load(bundle, device, engine="onnx")
-    return predictor, predictor
+    if engine == "auto":
+        engine = _automatic_engine(predictor.bundle_dir)
+    if engine == "torch":
+        return predictor, predictor
+    log.info("predictions run on ONNX Runtime (%s)", predictor.bundle_dir / (INT8_ONNX_FILE if engine == "onnx-int8" else ONNX_FILE))
+    return predictor, Predictor.load(bundle, device, engine=engine)
 
 
 class ModelService:

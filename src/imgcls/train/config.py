@@ -67,6 +67,9 @@ class TrainConfig:
     pretrained: bool | None = None  # None: yes for a timm model on photos, when its weights can be had
     weights: str | None = None  # local checkpoint to start from
     init_from: str | None = None  # an imgcls bundle to start from (train on one dataset, transfer to another)
+    distill_from: str | None = None  # a (larger) imgcls bundle to distil from, trained on the same classes (train.distill)
+    distill_temperature: float = 4.0  # softens the teacher's answers so the small ones carry signal (Hinton et al. use 1-20)
+    distill_alpha: float = 0.9  # weight of the teacher's term; 1 - alpha goes to the labels
     mode: str = "auto"  # scratch | freeze | finetune; auto: finetune when starting from weights, else scratch
     head_epochs: int = 0  # finetune: head-only epochs before the backbone unfreezes (0: the head starts as a linear probe)
     cache_features: bool = True  # freeze + augment none: train the head on backbone features computed once
@@ -126,6 +129,12 @@ class TrainConfig:
             raise UsageError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
         if self.lr is not None and self.lr <= 0:
             raise UsageError(f"lr must be positive, got {self.lr}")
+        if self.distill_temperature <= 0:
+            raise UsageError(f"--distill-temperature must be positive, e.g. 4; got {self.distill_temperature}")
+        if not 0 <= self.distill_alpha <= 1:
+            raise UsageError(f"--distill-alpha is the teacher's weight in [0, 1], e.g. 0.9; got {self.distill_alpha}")
+        if self.distill_from is not None and self.multi_label:
+            raise UsageError("--distill-from distils single-label models; leave it out with --multi-label")
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise UsageError(f"time must be positive, e.g. 10m or 90s; got {self.time_budget_s} s")
         return self

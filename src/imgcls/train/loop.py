@@ -35,6 +35,7 @@ def make_loss(config: TrainConfig, class_weights: torch.Tensor | None) -> nn.Mod
 
 def count_correct(logits: torch.Tensor, targets: torch.Tensor, multi_label: bool) -> torch.Tensor:
     """Correct decisions in the batch: top-1 hits, or per-label hits at 0.5 for multi-label."""
+    targets = targets[:, : logits.shape[1]]  # the labels: a distilled run's teacher columns follow them (train.distill)
     if multi_label:
         return ((logits > 0) == (targets > 0.5)).float().mean(dim=1).sum()
     return (logits.argmax(1) == targets.argmax(1)).sum()

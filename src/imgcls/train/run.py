@@ -34,12 +34,11 @@ from ..data.hashes import FileRecord
 from ..data.manifest import read_manifest
 from ..data.loader import Batches, to_model_input
 from ..distributed import Ranks, broadcast_object, broadcast_tensors, gather_rows, join, local_main_first, shard_rows
-from ..errors import ImgclsError
+from ..errors import ImgclsError, UsageError
 from ..evaluate.evaluation import write_evaluation
 from ..evaluate.metrics import tune_thresholds
 from ..fileio import atomic_write_bytes
 from ..models.bundle import WEIGHTS_FILE, BundleConfig, find_bundle, read_bundle_config, save_bundle
-from ..models.builtin import WhiteningConv
 from ..models.classifier import IMAGENET_MEAN, IMAGENET_STD, Classifier
 from ..models.registry import check_model_name, create_model
 from ..models.weights import WeightsUnavailable, load_weights, pretrained_source
@@ -49,6 +48,7 @@ from .callbacks import CHECKPOINT_FILE, Checkpoint, EarlyStopping, EpochLog, His
 from .config import DATA_KEY, TrainConfig, settings_yaml
 from .defaults import (MIN_BATCH, MIN_STEPS_PER_EPOCH, choose_img_size, choose_model, choose_schedule, median_side,
                        scratch_fallback)
+from .distill import DistillationLoss, check_teacher, soft_targets, teacher_probabilities
 from .loop import Trainer, count_correct, make_loss, predict_logits
 from .phases import PhaseTimer
 from .probe import fit_linear_probe
@@ -132,7 +132,7 @@ def _start_config(config: TrainConfig | None, source: BundleConfig | None) -> Tr
     return replace(config, model=source.architecture, img_size=config.img_size or source.img_size, pretrained=False).validate()
 
 
-CONFIG_PATHS = ("labels_csv", "manifest", "weights", "init_from")  # the TrainConfig fields that name files
+CONFIG_PATHS = ("labels_csv", "manifest", "weights", "init_from", "distill_from")  # the TrainConfig fields that name files
 
 
 def _absolute_paths(config: TrainConfig) -> TrainConfig:
@@ -180,23 +180,21 @@ def _build_model(config: TrainConfig, num_classes: int, side: int | None, source
         load_weights(net, find_bundle(config.init_from) / WEIGHTS_FILE)
         weights_source = f"bundle:{find_bundle(config.init_from).resolve()}"
     mean, std = (source.mean, source.std) if source else (IMAGENET_MEAN, IMAGENET_STD)
-    pretrained_cfg = getattr(net, "pretrained_cfg", None) or {}
-    if config.pretrained and pretrained_cfg.get("mean"):
-        mean, std = tuple(pretrained_cfg["mean"]), tuple(pretrained_cfg["std"])
+    if config.pretrained:  # every model is a timm model: its pretrained_cfg says how its weights expect images
+        mean, std = tuple(net.pretrained_cfg["mean"]), tuple(net.pretrained_cfg["std"])
     return StartingPoint(Classifier(net, mean, std), config, weights_source)
 
 
-WHITENING_IMAGES = 2000  # enough patches (~2M) for a stable 12x12 covariance; ~1 s
+DATA_INIT_IMAGES = 2000  # enough for speedrun-cnn's whitening: ~2M patches, a stable 12x12 covariance; ~1 s
 
 
-def _fit_whitening(model: Classifier, pixels: np.ndarray, seed: int) -> None:
-    """Data-dependent first layers (speedrun-cnn's whitening) start from the training images' patch statistics."""
-    layers = [m for m in model.modules() if isinstance(m, WhiteningConv)]
-    if layers:
-        rows = np.random.default_rng(seed).permutation(len(pixels))[:WHITENING_IMAGES]
-        images = model.normalize(to_model_input(torch.from_numpy(pixels[np.sort(rows)])))
-        for layer in layers:
-            layer.fit(images)
+def _init_from_data(model: Classifier, pixels: np.ndarray, seed: int) -> None:
+    """A model with a data-dependent initialisation (an `init_from_data(images)` method, as speedrun-cnn's
+    whitening layer has) starts from the statistics of up to DATA_INIT_IMAGES training images."""
+    init_from_data = getattr(model.net, "init_from_data", None)
+    if init_from_data is not None:
+        rows = np.random.default_rng(seed).permutation(len(pixels))[:DATA_INIT_IMAGES]
+        init_from_data(model.normalize(to_model_input(torch.from_numpy(pixels[np.sort(rows)]))))
 
 
 SYNC_BATCHNORM_BELOW = 32  # images per process per batch below which BatchNorm statistics are too noisy alone
@@ -272,11 +270,16 @@ def _fit_probe_head(model: Classifier, config: TrainConfig, train_set: DecodedSp
 
 def _make_trainer(model: Classifier, config: TrainConfig, train_set: DecodedSplit, val_set: DecodedSplit,
                   run_dir: Path, device: torch.device, progress: bool, probe: ProbeResult | None, ranks: Ranks,
-                  tracker: Tracker | None) -> Trainer:
+                  tracker: Tracker | None, teacher: torch.Tensor | None = None) -> Trainer:
     """The trainer for the mode: the whole network, the network but its frozen early layers
-    (fine-tuning), or only the head on a frozen backbone."""
-    mode, num_classes, img_size = config.resolved_mode(), train_set.targets.shape[1], train_set.pixels.shape[1]
+    (fine-tuning), or only the head on a frozen backbone; `teacher`: its probabilities of the training
+    images, to distil (train.distill)."""
+    mode, img_size = config.resolved_mode(), train_set.pixels.shape[1]
     weights = _class_weights(train_set.targets, config.multi_label).to(device) if config.class_weights else None
+    loss_fn, targets = make_loss(config, weights), train_set.targets
+    if teacher is not None:
+        loss_fn = DistillationLoss(loss_fn, config.distill_alpha, config.distill_temperature)
+        targets = soft_targets(targets, teacher)
     early_stopping = EarlyStopping(config.early_stopping)
     if probe is not None:  # the probe is epoch 0: fine-tuning that never beats it on validation gives it back
         early_stopping.start_from(probe.val_loss, model)
@@ -284,8 +287,8 @@ def _make_trainer(model: Classifier, config: TrainConfig, train_set: DecodedSpli
     callbacks = ([ProgressBar()] if progress and main else []) + ([Lookahead()] if config.lookahead else []) + (
         [EpochLog()] if main else []) + [early_stopping] + ([HistoryCSV(run_dir), Checkpoint(run_dir)] if main else []) + (
         [tracker] if tracker is not None else [])
-    augment = build_augment(config.augment, img_size, num_classes, config.multi_label)
-    train_batches = Batches(train_set.pixels, train_set.targets, config.batch_size, shuffle=True, device=device,
+    augment = build_augment(config.augment, img_size, targets.shape[1], config.multi_label)
+    train_batches = Batches(train_set.pixels, targets, config.batch_size, shuffle=True, device=device,
                             seed=config.seed, alternating_flip=augment.alternating_flip, ranks=ranks)
     rows = shard_rows(len(val_set.targets), ranks)  # every process validates its block; Trainer.validate gathers
     val_batches = Batches(val_set.pixels[rows], val_set.targets[rows], max(config.batch_size, FEATURE_BATCH), device=device)
@@ -295,14 +298,13 @@ def _make_trainer(model: Classifier, config: TrainConfig, train_set: DecodedSpli
     elif mode == "finetune":
         lr_scales = layer_lr_scales(model, config.layer_decay)
         pretrained = config.starts_from_pretrained_weights()
-        frozen = frozen_early_layers(lr_scales) if pretrained else frozenset()
+        frozen = frozen_early_layers(model, config.layer_decay) if pretrained else frozenset()
         # Pretrained BatchNorm keeps its ImageNet statistics (as Keras' fine-tuning guide advises): the
         # probe head was fitted on features normalised with them. Trained instead, CIFAR-10 at 100 per
         # class fell from 75% to 39-41% validation after 2 epochs (bench/pretrained.py's data).
         freeze_batchnorm = pretrained or config.batch_size < SMALL_BATCH
         callbacks.append(UnfreezeBackbone(config.head_epochs, freeze_batchnorm, frozen))
-    return Trainer(model, config, train_batches, val_batches, augment, make_loss(config, weights), callbacks, device,
-                   lr_scales, ranks)
+    return Trainer(model, config, train_batches, val_batches, augment, loss_fn, callbacks, device, lr_scales, ranks)
 
 
 def _finish(model: Classifier, config: TrainConfig, dataset: LabelledImages, val_set: DecodedSplit, run_dir: Path,
@@ -343,7 +345,7 @@ def _settings(config: TrainConfig, device: torch.device, data_dir: Path, fingerp
                    mode=config.resolved_mode(), time_budget_s=None,
                    device=device.type if config.device == "auto" else config.device,
                    precision="fp32" if compute_dtype(device, config.precision) is None else "bf16")
-    # timm's version from its metadata: importing timm for it took 10 s (cold, 2 shared cores) for built-in models
+    # timm's version from its metadata: no import of timm (10 s cold on 2 shared cores) only to read it
     return {DATA_KEY: str(data_dir), **asdict(used), "data_fingerprint": fingerprint, "started_at": started_at,
             "imgcls_version": __version__, "torch_version": torch.__version__,
             "timm_version": importlib.metadata.version("timm"),
@@ -388,6 +390,9 @@ def train(data_dir: str | Path | None, run_dir: str | Path | None = None, config
     keep_freed_memory()
     source = read_bundle_config(config.init_from) if config is not None and config.init_from else None
     config = _absolute_paths(_start_config(config, source))
+    if config.distill_from and _head_only(config):
+        raise UsageError("--distill-from trains through the training loop, which --freeze --augment none skips (it fits "
+                         "the head in one go); leave out one of them")
     if config.model is not None:
         check_model_name(config.model)
     ranks, device = join(resolve_device(config.device))
@@ -396,6 +401,8 @@ def train(data_dir: str | Path | None, run_dir: str | Path | None = None, config
         dataset = discover(data_dir, config.val_split, config.test_split, config.seed, config.multi_label,
                            config.labels_csv, config.manifest)
         fingerprint = dataset.fingerprint()  # a stat of every file: taken once, as the run starts
+    if config.distill_from:
+        check_teacher(config.distill_from, dataset.classes)
     if ranks.is_main:
         _warn_about_imbalance(dataset)
     num_classes = len(dataset.classes)
@@ -418,7 +425,7 @@ def train(data_dir: str | Path | None, run_dir: str | Path | None = None, config
         config = choose_schedule(config, len(train_set.samples)).validate()
     if state is None and config.resolved_mode() == "scratch":
         with timer.phase("model"):
-            _fit_whitening(model, train_set.pixels, config.seed)
+            _init_from_data(model, train_set.pixels, config.seed)
     model = _synchronise_batchnorm(model.to(device).to(memory_format=torch.channels_last), config, ranks, device)
     skipped = [{"path": str(p), "reason": r} for p, r in train_set.failed + val_set.failed]
     if ranks.is_main:
@@ -427,26 +434,30 @@ def train(data_dir: str | Path | None, run_dir: str | Path | None = None, config
     tracker = (make_tracker(config.logger, run_dir, _settings(config, device, data_dir, fingerprint, started_at))
                if ranks.is_main else None)
 
-    with timer.phase("epochs"):  # the linear probe too, where the mode starts from one
+    with timer.phase("epochs"):  # the linear probe and the teacher's probabilities too, where there are
         loss_fn = make_loss(config, None)
         probe = None
         if state is None and config.resolved_mode() in ("freeze", "finetune"):
             probe = _fit_probe_head(model, config, train_set, val_set, device, loss_fn, ranks)
-        if config.resolved_mode() == "freeze" and config.augment == "none" and config.cache_features:
+        if _head_only(config):
             # the probe is the optimum of the head on fixed features: done
             history = _probe_history(run_dir, probe) if ranks.is_main else []
             if tracker is not None:
                 tracker.on_epoch_end(None, history[0])
         else:
-            trainer = _make_trainer(model, config, train_set, val_set, run_dir, device, progress, probe, ranks, tracker)
+            teacher = (teacher_probabilities(config.distill_from, dataset.classes, [s.path for s in train_set.samples],
+                                             train_set.targets, config.distill_temperature, device)
+                       if config.distill_from else None)
+            trainer = _make_trainer(model, config, train_set, val_set, run_dir, device, progress, probe, ranks, tracker,
+                                    teacher)
             if state is not None:
                 trainer.load_state_dict(state)
                 log.info("resuming %s after epoch %d of %d", run_dir, trainer.epoch, config.epochs)
             elif config.time_budget_s is not None:
                 trainer = fit_epochs_to_budget(trainer, config.time_budget_s - (time.perf_counter() - started),
-                                               lambda epochs: _make_trainer(model, replace(config, epochs=epochs), train_set,
-                                                                            val_set, run_dir, device, progress, probe, ranks,
-                                                                            tracker))
+                                               lambda epochs: _make_trainer(model, replace(config, epochs=epochs),
+                                                                            train_set, val_set, run_dir, device, progress,
+                                                                            probe, ranks, tracker, teacher))
                 config = trainer.config
             trainer.extra_state = {"data_dir": str(data_dir), "img_size": img_size}
             history = trainer.fit()
@@ -463,6 +474,11 @@ def train(data_dir: str | Path | None, run_dir: str | Path | None = None, config
             _write_report(run_dir, device)
     log.info("trained in %.0fs: %s", timer.wall_seconds(), timer.line())
     return TrainResult(run_dir, bundle_dir, metrics, history, skipped, timer.summary())
+
+
+def _head_only(config: TrainConfig) -> bool:
+    """Whether the run is a head fitted in one go on cached frozen features, with no training loop."""
+    return config.resolved_mode() == "freeze" and config.augment == "none" and config.cache_features
 
 
 def _probe_history(run_dir: Path, probe: ProbeResult) -> list[dict]:

@@ -1,16 +1,22 @@
 """Transfer learning: the new head, frozen backbones, layer-wise learning rates, and a head
 trained on backbone features computed once.
 
+Every model is a timm model, so all of this reads timm's interface: the head is `get_classifier()`,
+the features it reads come from `forward_head(pre_logits=True)` (Classifier.pre_logits), and the
+layers from input to head are the model's `group_matcher` groups (timm's fine ones, those of its
+`param_groups_layer_decay`: one per block, the stem first, the head last).
+
 Fine-tuning starts from a head fitted as a linear probe (train.probe, LP-FT), then trains the
-network with lower rates near the input (layer-wise decay as in BEiT, https://arxiv.org/abs/2106.08254);
-groups whose rate would fall under a tenth of the head's stay frozen, since they would hardly move and
-their backward pass, at the highest resolutions, is most of a step's cost (efficientnet_lite0 at 224 px
-on 2 CPU cores: 14 img/s with everything trained, 36 with the stem and first three blocks frozen).
+network with lower rates near the input (layer-wise decay as in BEiT, https://arxiv.org/abs/2106.08254).
+Groups in the first third of the backbone whose rate would fall under a tenth of the head's stay
+frozen, since they would hardly move and their backward pass, at the highest resolutions, is most of
+a step's cost (efficientnet_lite0 at 224 px on 2 CPU cores: 14 img/s with everything trained, 36 with
+the stem and first three stages frozen). The first-third bound keeps deep backbones, whose many
+fine groups take the rate under a tenth early, from freezing more than their high-resolution part.
 """
 from __future__ import annotations
 
 import logging
-import re
 
 import torch
 from torch import nn
@@ -22,18 +28,16 @@ from .callbacks import Callback
 log = logging.getLogger(__name__)
 
 SMALL_BATCH = 16  # below this, batch statistics are too noisy: keep pretrained BatchNorm frozen
-FROZEN_BELOW = 0.1  # layer-decay multiplier under which a group of a pretrained backbone stays frozen
+FROZEN_BELOW = 0.1  # layer-decay multiplier under which a group of a pretrained backbone may stay frozen
+FROZEN_DEPTH = 1 / 3  # ... if it lies in this first fraction of the backbone's groups
 
 
 def classifier_head(model: nn.Module) -> nn.Linear:
-    """The final linear layer: timm's get_classifier(), or the last Linear of a built-in."""
-    net = getattr(model, "net", model)
-    head = net.get_classifier() if hasattr(net, "get_classifier") else None
+    """The classifier of the Classifier's timm model (get_classifier()): the layer a linear probe replaces."""
+    head = model.net.get_classifier()
     if not isinstance(head, nn.Linear):
-        linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
-        head = linears[-1] if linears else None
-    if head is None:
-        raise ImgclsError(f"found no linear classifier head in {type(net).__name__}; --freeze and --finetune need one")
+        raise ImgclsError(f"the classifier of {type(model.net).__name__} is a {type(head).__name__}, not the linear "
+                          "layer --freeze and --finetune fit; pick another --model, or train it from scratch (--no-pretrained)")
     return head
 
 
@@ -64,22 +68,29 @@ def keep_frozen_batchnorm_in_eval(model: nn.Module) -> None:
             module.eval()
 
 
-def _depth_key(name: str) -> str:
-    """'net.blocks.3.conv.weight' -> 'blocks.3'; 'net.conv1.weight' -> 'conv1': one group per stage or block."""
-    parts = name.removeprefix("net.").split(".")
-    return ".".join(parts[:2]) if len(parts) > 2 and re.fullmatch(r"\d+", parts[1]) else parts[0]
+def parameter_layers(model: nn.Module) -> dict[str, int]:
+    """Each parameter name of the Classifier ('net.blocks.3.conv.weight') -> its layer group, from 0
+    at the input to the head's, the last: the model's own group_matcher, as timm groups it."""
+    from timm.models import group_parameters
+
+    layers = group_parameters(model.net, model.net.group_matcher(coarse=False), reverse=True)
+    return {f"net.{name}": layer for name, layer in layers.items()}
 
 
 def layer_lr_scales(model: nn.Module, decay: float) -> dict[str, float]:
     """Learning-rate multiplier per parameter name: 1 for the head's group, decay**k k groups before it."""
-    keys = list(dict.fromkeys(_depth_key(name) for name, _ in model.named_parameters()))
-    depth = {key: i for i, key in enumerate(keys)}
-    return {name: decay ** (len(keys) - 1 - depth[_depth_key(name)]) for name, _ in model.named_parameters()}
+    layers = parameter_layers(model)
+    head = max(layers.values())
+    return {name: decay ** (head - layer) for name, layer in layers.items()}
 
 
-def frozen_early_layers(lr_scales: dict[str, float]) -> frozenset[str]:
-    """The parameters whose layer-decay rate is under FROZEN_BELOW of the head's."""
-    return frozenset(name for name, scale in lr_scales.items() if scale < FROZEN_BELOW)
+def frozen_early_layers(model: nn.Module, decay: float) -> frozenset[str]:
+    """The parameters of the first FROZEN_DEPTH of the backbone's groups whose layer-decay rate is
+    under FROZEN_BELOW of the head's."""
+    layers = parameter_layers(model)
+    head = max(layers.values())  # also the number of groups before it, the backbone's
+    return frozenset(name for name, layer in layers.items()
+                     if layer < head * FROZEN_DEPTH and decay ** (head - layer) < FROZEN_BELOW)
 
 
 class UnfreezeBackbone(Callback):
@@ -103,18 +114,14 @@ class UnfreezeBackbone(Callback):
 
 @torch.no_grad()
 def head_inputs(model: nn.Module, batches) -> tuple[torch.Tensor, torch.Tensor]:
-    """The features the head sees for every image in `batches`, computed once (eval mode),
-    caught at the head's input so every architecture gives what its classifier reads."""
+    """The features the head reads (Classifier.pre_logits) for every image in `batches`, computed once
+    (eval mode), with their targets."""
     from tqdm.auto import tqdm
 
-    captured = []
-    hook = classifier_head(model).register_forward_pre_hook(lambda _, args: captured.append(args[0].float().cpu()))
     model.eval()
-    targets = []
-    try:  # a minute or two for thousands of photos on a CPU: worth a bar (shown on terminals only)
-        for images, target in tqdm(batches, desc="frozen features", unit="batch", leave=False, disable=None):
-            model(images)
-            targets.append(target.cpu())
-    finally:
-        hook.remove()
-    return torch.cat(captured), torch.cat(targets)
+    features, targets = [], []
+    # a minute or two for thousands of photos on a CPU: worth a bar (shown on terminals only)
+    for images, target in tqdm(batches, desc="frozen features", unit="batch", leave=False, disable=None):
+        features.append(model.pre_logits(images).float().cpu())
+        targets.append(target.cpu())
+    return torch.cat(features), torch.cat(targets)
