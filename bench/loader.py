@@ -31,7 +31,7 @@ import torch
 from common import dataset, report
 from PIL import Image
 
-from imgcls.data.cache import CHUNK, decode_all, decode_cached
+from imgcls.data.cache import CHUNK, DecodeCacheOptions, decode_all, decode_cached
 from imgcls.data.images import is_image_path
 from imgcls.data.loader import Batches
 
@@ -72,16 +72,16 @@ def measure(name: str, folder: Path, size: int, repeats: int, limit: int | None)
         path.read_bytes()
     n = len(paths)
     with tempfile.TemporaryDirectory(prefix="imgcls-bench-loader-") as tmp:
-        caches = iter(Path(tmp, str(i)) for i in range(repeats))
+        caches = iter(DecodeCacheOptions(Path(tmp, str(i))) for i in range(repeats))
         rates = {
             "raw_threads": median_rate(n, lambda: raw_decode(paths, ThreadPoolExecutor), repeats),
             "raw_processes": median_rate(n, lambda: raw_decode(paths, forked_processes), repeats),
             "raw_resize": median_rate(n, lambda: raw_decode(paths, forked_processes, size), repeats),
             "decode": median_rate(n, lambda: decode_all(paths, size), repeats),
             "first": median_rate(n, lambda: decode_cached(paths, size, next(caches)), repeats),
-            "hit": median_rate(n, lambda: decode_cached(paths, size, Path(tmp, "0")), repeats),
+            "hit": median_rate(n, lambda: decode_cached(paths, size, DecodeCacheOptions(Path(tmp, "0"))), repeats),
         }
-        decoded = decode_cached(paths, size, Path(tmp, "0"))
+        decoded = decode_cached(paths, size, DecodeCacheOptions(Path(tmp, "0")))
         assert decoded.cached is not None, "the second pass did not come from the cache"
         batches = Batches(decoded.pixels, torch.zeros(len(decoded.kept), 10), BATCH, shuffle=True)
         rates["epoch"] = median_rate(len(decoded.kept), lambda: sum(1 for _ in batches), repeats)

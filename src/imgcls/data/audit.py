@@ -5,116 +5,50 @@ files, exact duplicates (same bytes), near duplicates (perceptual hash within a 
 leakage (copies shared between train and validation/test, which make validation accuracy
 optimistic). The splits are the ones `discover` makes, so a class-folder tree is audited with the
 same seeded split that training will use. `find_leakage` is the cheap byte-level check that
-`imgcls train` runs first.
+`imgcls train` runs after decoding.
+
+Every file's hashes come from data/hashes.py's store: read once, by the decode pass of training or the
+first audit, then found there by every later audit while the file is unchanged.
 
 Duplicate groups have one entry per file in 'paths', 'splits' and 'classes' (parallel lists).
 Files are only read, never modified or moved.
 
-pHash: Zauner, "Implementation and Benchmarking of Perceptual Image Hash Functions" (2010),
-https://phash.org/docs/pubs/thesis_zauner.pdf
+Near duplicates are found with a multi-index (Norouzi et al., "Fast Search in Hamming Space with
+Multi-Index Hashing", CVPR 2012, https://www.cs.toronto.edu/~norouzi/research/papers/multi_index_hashing.pdf):
+two 64-bit hashes within d bits agree exactly on at least one of d + 1 bands, so only files sharing a
+band are compared, not all pairs.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import statistics
 from collections import Counter, defaultdict
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
-import scipy.fft
-from PIL import Image
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from ..errors import ImgclsError
-from . import images
+from .cache import DecodeCacheOptions
 from .folders import LabelledImages, Sample, discover, find_split_folders
-from .images import UnreadableImage, decode_image, file_error
+from .hashes import FileRecord, file_records
 
 log = logging.getLogger(__name__)
 
 SPLIT_ORDER = ("train", "validation", "test")
-READ_CHUNK_BYTES = 1 << 20
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()  # empty files are corrupt, not copies of each other
-HASH_INPUT_SIZE = 32  # pHash works on a 32x32 grayscale thumbnail ...
-HASH_SIDE = 8  # ... and keeps its 8x8 lowest frequencies: 64 bits
-JPEG_DRAFT_SIZE = 64  # DCT-domain downscale to >= 2x the thumbnail: a 2000x1500 JPEG takes 2 ms, not 19
 MAX_HASH_DISTANCE = 32  # two unrelated images already differ in ~32 of 64 bits
 # ~18 bytes of temporaries per compared pair: 2M pairs per block keeps the comparison under ~40 MB.
 PAIRS_PER_BLOCK = 1 << 21
+HASH_BITS = 64
+MIN_BAND_BITS = 4  # narrower bands match too many hashes by chance: beyond 15 bits of distance, compare all pairs
+SMALL_BUCKET = 64  # files sharing a band value compared by offsets in one sorted array; larger buckets block-wise
 # Mild imbalance rarely hurts; beyond ~3x the small class's recall usually drops.
 IMBALANCE_WARNING_RATIO = 3.0
 _POPCOUNT = np.array([bin(byte).count("1") for byte in range(256)], dtype=np.uint8)
-
-
-@dataclass(frozen=True)
-class _FileInfo:
-    """What one read of a file tells us; error is set (and the rest empty) when it is not usable."""
-
-    sha256: str | None
-    error: str | None = None
-    width: int = 0
-    height: int = 0
-    mode: str = ""
-    format: str = ""
-    phash: int | None = None
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(READ_CHUNK_BYTES), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _readable_sha256(path: Path) -> str | None:
-    """None for a file that cannot be read: the decode that follows skips it and says why."""
-    try:
-        return _sha256(path)
-    except OSError:
-        return None
-
-
-def _phash(rgb: np.ndarray) -> int:
-    """64-bit DCT perceptual hash."""
-    # Hand-written (10 lines): scipy already comes with scikit-learn; `imagehash` would add PyWavelets.
-    thumbnail = Image.fromarray(rgb).convert("L").resize((HASH_INPUT_SIZE, HASH_INPUT_SIZE), Image.LANCZOS)
-    frequencies = scipy.fft.dctn(np.asarray(thumbnail, dtype=np.float64), norm="ortho")[:HASH_SIDE, :HASH_SIDE]
-    bits = frequencies > np.median(frequencies)
-    return int.from_bytes(np.packbits(bits).tobytes(), "big")
-
-
-def _inspect(path: Path, with_hash: bool) -> _FileInfo:
-    """Hash the bytes, then decode once for size/mode/format, corruption and the perceptual hash."""
-    try:
-        digest = _sha256(path)
-    except OSError as err:  # a broken link or no permission: listed with the corrupt files, as training skips it
-        return _FileInfo(None, file_error(path, err))
-    try:
-        # decode_image's own opener, so a file is corrupt here exactly when training would skip it;
-        # opening first lets us read the header and ask for a cheap JPEG draft before decoding.
-        with images.open_image(path) as image:
-            width, height, mode, image_format = image.width, image.height, image.mode, image.format
-            if image_format == "JPEG":
-                image.draft("L", (JPEG_DRAFT_SIZE, JPEG_DRAFT_SIZE))
-            rgb = decode_image(image)
-    except UnreadableImage as err:
-        return _FileInfo(digest, str(err))
-    return _FileInfo(digest, None, width, height, mode, image_format or "unknown", _phash(rgb) if with_hash else None)
-
-
-def _map_threads(function, items: list, desc: str) -> list:
-    """Pillow and hashlib release the GIL while decoding/hashing, so threads use every core.
-    A bar (terminals only): a 60k-image audit takes over a minute on 2 cores."""
-    from tqdm.auto import tqdm
-
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        return list(tqdm(pool.map(function, items), total=len(items), desc=desc, unit="img", leave=False, disable=None))
 
 
 def _split_names(dataset: LabelledImages) -> list[str]:
@@ -145,11 +79,11 @@ def _indices_by_key(keys: list) -> list[list[int]]:
     return [indices for indices in by_key.values() if len(indices) > 1]
 
 
-def _close_pairs(hashes: np.ndarray, max_distance: int, pairs_per_block: int = PAIRS_PER_BLOCK) -> np.ndarray:
-    """(K, 2) index pairs i < j of uint64 hashes within max_distance bits.
+def _all_close_pairs(hashes: np.ndarray, max_distance: int, pairs_per_block: int = PAIRS_PER_BLOCK) -> np.ndarray:
+    """(K, 2) index pairs i < j of uint64 hashes within max_distance bits, comparing every pair.
 
     Blocks of rows against the columns after them: memory stays bounded and each pair is
-    compared once (10k hashes: 1.2 s on 2 cores, against minutes to decode the images).
+    compared once (10k hashes: 1.2 s on 2 cores).
     """
     n = len(hashes)
     rows = max(1, pairs_per_block // max(n, 1))
@@ -163,7 +97,50 @@ def _close_pairs(hashes: np.ndarray, max_distance: int, pairs_per_block: int = P
     return np.concatenate(found)
 
 
-def _near_duplicate_groups(infos: list[_FileInfo], max_distance: int) -> list[list[int]]:
+def _bands(max_distance: int) -> list[tuple[int, int]]:
+    """(shift, width) of the max_distance + 1 bands that split the 64 bits, as even as they can be."""
+    count = max_distance + 1
+    widths = [HASH_BITS // count + (band < HASH_BITS % count) for band in range(count)]
+    return [(sum(widths[:band]), width) for band, width in enumerate(widths)]
+
+
+def _close_pairs_sharing_a_key(keys: np.ndarray, hashes: np.ndarray, max_distance: int,
+                               pairs_per_block: int) -> list[np.ndarray]:
+    """Pairs of hashes within max_distance bits among those with the same key (one band's value)."""
+    order = np.argsort(keys, kind="stable")
+    ordered = keys[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    sizes = np.diff(np.r_[starts, len(keys)])
+    found = []
+    for start, size in zip(starts[sizes > SMALL_BUCKET], sizes[sizes > SMALL_BUCKET]):  # few: all their pairs
+        members = order[start:start + size]
+        found.append(members[_all_close_pairs(hashes[members], max_distance, pairs_per_block)])
+    small = np.repeat(sizes <= SMALL_BUCKET, sizes)  # (n,) in sorted order
+    for offset in range(1, SMALL_BUCKET):  # each hash against the one `offset` places on in its bucket
+        same = (ordered[offset:] == ordered[:-offset]) & small[offset:]
+        if not same.any():  # no bucket is larger than offset
+            break
+        i, j = order[:-offset][same], order[offset:][same]
+        distance = _POPCOUNT[(hashes[i] ^ hashes[j]).view(np.uint8)].reshape(-1, 8).sum(axis=-1)
+        found.append(np.stack([i, j], axis=1)[distance <= max_distance])
+    return found
+
+
+def _close_pairs(hashes: np.ndarray, max_distance: int, pairs_per_block: int = PAIRS_PER_BLOCK) -> np.ndarray:
+    """(K, 2) index pairs i < j of uint64 hashes within max_distance bits: the pairs of all-pairs
+    comparison, from the candidates that share a band (see the module docstring). Where bands would be
+    narrower than MIN_BAND_BITS, chance matches make candidates of nearly every pair: all pairs then."""
+    if max_distance + 1 > HASH_BITS // MIN_BAND_BITS:
+        return _all_close_pairs(hashes, max_distance, pairs_per_block)
+    found = [np.empty((0, 2), dtype=np.intp)]
+    for shift, width in _bands(max_distance):
+        keys = (hashes >> np.uint64(shift)) & np.uint64((1 << width) - 1)
+        found += _close_pairs_sharing_a_key(keys, hashes, max_distance, pairs_per_block)
+    pairs = np.sort(np.concatenate(found).astype(np.intp), axis=1)  # i < j; a pair found in several bands once
+    return np.unique(pairs, axis=0) if len(pairs) else pairs
+
+
+def _near_duplicate_groups(infos: list[FileRecord], max_distance: int) -> list[list[int]]:
     """Files whose content differs but whose pHashes chain within max_distance bits."""
     by_content: dict[str, list[int]] = defaultdict(list)
     for index, info in enumerate(infos):
@@ -184,7 +161,7 @@ def _spread(values: list[int]) -> dict:
     return {"min": min(values), "median": statistics.median(values), "max": max(values)} if values else {}
 
 
-def _image_stats(infos: list[_FileInfo]) -> dict:
+def _image_stats(infos: list[FileRecord]) -> dict:
     readable = [info for info in infos if info.error is None]
     return {
         "width": _spread([info.width for info in readable]),
@@ -232,14 +209,18 @@ def _warnings(report: dict) -> list[str]:
     return found
 
 
-def find_leakage(dataset: LabelledImages) -> list[dict]:
+def find_leakage(dataset: LabelledImages, records: Mapping[Path, FileRecord] | None = None) -> list[dict]:
     """Groups of byte-identical files shared between train and validation/test.
 
-    Each group is shaped like the audit's 'exact_duplicates' ({'paths', 'splits', ...}). Every
-    file is read once and nothing is decoded, so this is cheap enough to run before training.
+    Each group is shaped like the audit's 'exact_duplicates' ({'paths', 'splits', ...}). `records` are the
+    files' hashes already in hand (training's decode pass computes them); the others come from the store,
+    or a read of the file.
     """
     entries = _entries(dataset)
-    digests = _map_threads(_readable_sha256, [sample.path for _, sample in entries], "checking for leakage")
+    known = records or {}
+    missing = [sample.path for _, sample in entries if sample.path not in known]
+    found = {**dict(zip(missing, file_records(missing, DecodeCacheOptions.from_environment().directory, "checking for leakage"))), **known}
+    digests = [found[sample.path].sha256 for _, sample in entries]
     digests = [None if digest == EMPTY_SHA256 else digest for digest in digests]
     groups = [_group(indices, entries, dataset.classes) for indices in _indices_by_key(digests)]
     return sorted(filter(_spans_train, groups), key=lambda group: group["paths"])
@@ -248,7 +229,7 @@ def find_leakage(dataset: LabelledImages) -> list[dict]:
 def audit(root, val_split: float = 0.2, seed: int = 0, near_duplicates: bool = True, hash_distance: int = 4) -> dict:
     """Audit the dataset under root; a JSON-serialisable report (see the module docstring).
 
-    near_duplicates=False skips perceptual hashing ('near_duplicates' is then None, not checked).
+    near_duplicates=False skips the near-duplicate search ('near_duplicates' is then None, not checked).
     """
     return audit_dataset(discover(root, val_split=val_split, seed=seed), near_duplicates, hash_distance)
 
@@ -260,7 +241,7 @@ def audit_dataset(dataset: LabelledImages, near_duplicates: bool = True, hash_di
                           "4 finds resized or re-encoded copies")
     entries = _entries(dataset)
     log.info("auditing %d images under '%s'", len(entries), dataset.root)
-    infos = _map_threads(lambda entry: _inspect(entry[1].path, near_duplicates), entries, "auditing")
+    infos = file_records([sample.path for _, sample in entries], DecodeCacheOptions.from_environment().directory, "auditing")
     exact = _indices_by_key([info.sha256 if info.error is None else None for info in infos])
     near = _near_duplicate_groups(infos, hash_distance) if near_duplicates else None
     table = dataset.counts()

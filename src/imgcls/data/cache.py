@@ -13,9 +13,11 @@ None) turns it off. An entry is
 SLOT.npy (the pixels of the readable files) and SLOT.json (the files' stamp, and
 which failed and why). SLOT names the list of paths, the image size, DECODE_VERSION and Pillow's version;
 the stamp hashes the byte size, mtime_ns and mode of every file, so an edited file decodes again and replaces
-the entry. Nothing is written beside the images; a cache that cannot be written or read costs a warning
-and a decode, never a run. The cache keeps within its budget ($IMGCLS_CACHE_MAX_GB, default 20): writing an
-entry removes the least recently used ones beyond it (a hit counts as a use).
+the entry. With `hash_files=True` the same pass hashes the bytes it reads (data/hashes.py: SHA-256, header
+facts and pHash, kept in the cache folder's file-hashes/) for the leakage check and the audit.
+Nothing is written beside the images; a cache that cannot be written or read costs a warning
+and a decode, never a run. The cache keeps within $IMGCLS_CACHE_MAX_GB (default 20): writing an entry
+removes the least recently used ones beyond it (a hit counts as a use).
 """
 from __future__ import annotations
 
@@ -37,7 +39,8 @@ import PIL
 import torch
 
 from ..fileio import atomic_path, atomic_write_bytes
-from .images import UnreadableImage, decode_image, file_error
+from .hashes import FileRecord, HashStore, Stamp, record_and_pixels, stamp_of
+from .images import SHRINK_FROM, UnreadableImage, decode_image, file_error
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,7 @@ class DecodedImages:
     kept: list[int]  # index into the input paths of each row
     failed: list[tuple[Path, str]]  # (path, reason) of each unreadable file
     cached: Path | None = None  # the cache file the pixels are mapped from; None when decoded just now
+    records: list[FileRecord] | None = None  # with hash_files=True: each input path's hashes (data/hashes.py)
 
 
 @dataclass(frozen=True)
@@ -112,15 +116,26 @@ def _prune(cache_dir: Path, keep: Path, max_bytes: int) -> None:
         log.info("decode cache over %s GB: removed its least recently used entry %s", max_bytes / 1e9, slot)
 
 
-def _file_stamp(path) -> str:
+def _stat(path) -> os.stat_result | None:
     try:
-        stat = os.stat(path)
-    except OSError:  # reported as failed by the decode; it must count as a change once it appears
+        return os.stat(path)
+    except OSError:  # reported as failed by the decode
+        return None
+
+
+def _stamp_of(stat: os.stat_result | None) -> str:
+    if stat is None:  # it must count as a change once the file appears
         return "missing"
     return f"{stat.st_size} {stat.st_mtime_ns} {stat.st_mode:o}"  # the mode: an unreadable file made readable changed
 
 
-_worker_job: tuple | None = None  # in a worker process: (paths, size, rows) of the decode, inherited at fork
+def _file_stamp(path) -> str:
+    return _stamp_of(_stat(path))
+
+
+# In a worker process: (paths, size, rows, hashing) of the decode, inherited at fork; hashing[i] says whether
+# to hash file i too (None: no file).
+_worker_job: tuple | None = None
 
 
 def _adopt_job(*job) -> None:
@@ -131,20 +146,33 @@ def _adopt_job(*job) -> None:
     torch.set_num_threads(1)
 
 
-def _decode_range(start: int, stop: int, job: tuple | None = None) -> tuple[list[str], list[tuple[int, str]]]:
+Hashed = list[tuple[int, "Stamp | None", FileRecord]]  # (index, stamp, record) of each file hashed in the pass
+
+
+def _decode_range(start: int, stop: int, job: tuple | None = None) -> tuple[list[str], list[tuple[int, str]], Hashed]:
     """Decode paths[start:stop] into rows[start:stop] in place (the worker's inherited job unless given):
-    each file's stamp, taken before decoding it, and the failures' (index, reason)."""
-    paths, size, rows = _worker_job if job is None else job
-    stamps, failures = [], []
+    each file's stamp, taken before decoding it, the failures' (index, reason), and the records of the files
+    it was asked to hash, computed from the bytes the decode reads (one read of the file for both)."""
+    paths, size, rows, hashing = _worker_job if job is None else job
+    stamps, failures, hashed = [], [], []
     for index in range(start, stop):
-        stamps.append(_file_stamp(paths[index]))
+        stat = _stat(paths[index])
+        stamps.append(_stamp_of(stat))
         try:
-            rows[index] = decode_image(paths[index], size)
+            if hashing is not None and hashing[index]:
+                data = Path(paths[index]).read_bytes()
+                record, whole = record_and_pixels(data)
+                hashed.append((index, None if stat is None else stamp_of(stat), record))
+                # resizing the hash's decode gives decode_image's pixels, but where it would shrink by strips
+                reuse = whole is not None and min(whole.shape[:2]) < SHRINK_FROM * size
+                rows[index] = decode_image(whole if reuse else data, size)
+            else:
+                rows[index] = decode_image(paths[index], size)
         except UnreadableImage as err:
             failures.append((index, str(err)))
         except OSError as err:  # the file itself: missing, a broken link, no permission
             failures.append((index, file_error(paths[index], err)))
-    return stamps, failures
+    return stamps, failures, hashed
 
 
 def _shared_rows(count: int, size: int) -> np.ndarray:
@@ -168,23 +196,26 @@ def _pool(workers: int, job: tuple) -> tuple[Executor, Callable]:
 
 
 def _decode_into(rows: np.ndarray, paths: Sequence[Path], size: int, workers: int | None,
-                 on_progress: Callable[[int], None] | None) -> tuple[list[str], dict[int, str]]:
+                 on_progress: Callable[[int], None] | None,
+                 hashing: Sequence[bool] | None = None) -> tuple[list[str], dict[int, str], Hashed]:
     """Decode `paths` on every core, a chunk of files per task, into `rows` in their order:
-    every file's stamp and the failures' reasons by index."""
+    every file's stamp, the failures' reasons by index, and the records of the files `hashing` marks."""
     workers = workers or os.cpu_count() or 1
     step = max(1, min(CHUNK, len(paths) // (4 * workers)))  # small inputs still spread over every worker
     starts = range(0, len(paths), step)
     stops = [min(start + step, len(paths)) for start in starts]
     stamps: list[str] = []
     reasons: dict[int, str] = {}
-    pool, decode_range = _pool(workers, (paths, size, rows))
+    hashed: Hashed = []
+    pool, decode_range = _pool(workers, (paths, size, rows, hashing))
     with pool:  # explicit chunks: ThreadPoolExecutor.map ignores chunksize
-        for chunk_stamps, failures in pool.map(decode_range, starts, stops):
+        for chunk_stamps, failures, chunk_hashed in pool.map(decode_range, starts, stops):
             stamps += chunk_stamps
             reasons.update(failures)
+            hashed += chunk_hashed
             if on_progress is not None:
                 on_progress(len(chunk_stamps))
-    return stamps, reasons
+    return stamps, reasons, hashed
 
 
 def _kept_and_failed(paths: Sequence[Path], reasons: dict[int, str]) -> tuple[list[int], list[tuple[Path, str]]]:
@@ -202,12 +233,17 @@ def _result(rows: np.ndarray, paths: Sequence[Path], reasons: dict[int, str]) ->
     return DecodedImages(rows[kept] if failed else rows, kept, failed)
 
 
+def _decode_in_memory(paths: Sequence[Path], size: int, workers: int | None, on_progress: Callable[[int], None] | None,
+                      hashing: Sequence[bool] | None = None) -> tuple[DecodedImages, Hashed]:
+    rows = _shared_rows(len(paths), size)
+    _, reasons, hashed = _decode_into(rows, paths, size, workers, on_progress, hashing)
+    return _result(rows, paths, reasons), hashed
+
+
 def decode_all(paths: Sequence[Path], size: int, workers: int | None = None,
                on_progress: Callable[[int], None] | None = None) -> DecodedImages:
     """Decode `paths` on every core into one array in their order."""
-    rows = _shared_rows(len(paths), size)
-    _, reasons = _decode_into(rows, paths, size, workers, on_progress)
-    return _result(rows, paths, reasons)
+    return _decode_in_memory(paths, size, workers, on_progress)[0]
 
 
 def _slot(cache_dir: Path, paths: Sequence[Path], size: int) -> Path:
@@ -254,13 +290,14 @@ def _reserved_rows(path: Path, count: int, size: int) -> np.ndarray:
 
 
 def _decode_and_store(entry: Path, paths: Sequence[Path], size: int, workers: int | None,
-                      on_progress: Callable[[int], None] | None) -> DecodedImages:
+                      on_progress: Callable[[int], None] | None,
+                      hashing: Sequence[bool] | None) -> tuple[DecodedImages, Hashed]:
     """Decode straight into the entry's pixel file, then write the JSON that completes the entry."""
-    decoded = None
+    decoded, hashed = None, []
     try:
         with atomic_path(entry.with_suffix(".npy")) as tmp:
             rows = _reserved_rows(tmp, len(paths), size)
-            stamps, reasons = _decode_into(rows, paths, size, workers, on_progress)
+            stamps, reasons, hashed = _decode_into(rows, paths, size, workers, on_progress, hashing)
             decoded = _result(rows, paths, reasons)
             if decoded.failed:  # keep the readable rows only, so that a hit maps the file without copying it
                 with open(tmp, "wb") as handle:
@@ -274,17 +311,27 @@ def _decode_and_store(entry: Path, paths: Sequence[Path], size: int, workers: in
     except OSError as err:
         log.warning("decoded images not cached in %s (%s); the next run decodes them again", entry.parent, err)
         if decoded is None:  # the cache file could not be made: decode in memory
-            return decode_all(paths, size, workers, on_progress)
+            return _decode_in_memory(paths, size, workers, on_progress, hashing)
+    return decoded, hashed
+
+
+def _with_records(decoded: DecodedImages, store: HashStore, paths: Sequence[Path], known: list[FileRecord | None],
+                  hashed: Hashed) -> DecodedImages:
+    """`decoded` with every file's record: stored ones, those the decode pass computed, and the rest read now
+    (a decode-cache hit on files whose records are gone); the new ones stored."""
+    records = list(known)
+    for index, stamp, record in hashed:
+        store.add(paths[index], stamp, record)
+        records[index] = record
+    decoded.records = store.complete(paths, records)
     return decoded
 
 
-def decode_cached(paths: Sequence[Path], size: int, cache: DecodeCacheOptions, workers: int | None = None,
-                  on_progress: Callable[[int], None] | None = None) -> DecodedImages:
-    """decode_all, reusing the array an earlier run decoded from the same unchanged files in
-    `cache.directory` (usually DecodeCacheOptions.from_environment()); no directory, no cache."""
+def _decode_cached(paths: Sequence[Path], size: int, cache: DecodeCacheOptions, workers: int | None,
+                   on_progress: Callable[[int], None] | None, hashing: Sequence[bool] | None) -> tuple[DecodedImages, Hashed]:
     cache_dir = cache.directory
     if cache_dir is None:
-        return decode_all(paths, size, workers, on_progress)
+        return _decode_in_memory(paths, size, workers, on_progress, hashing)
     entry = _slot(cache_dir, paths, size)
     try:
         decoded = _load(entry, paths, size)
@@ -293,9 +340,9 @@ def decode_cached(paths: Sequence[Path], size: int, cache: DecodeCacheOptions, w
     except DAMAGED as err:
         log.warning("ignoring unreadable decode cache %s (%s: %s); decoding again", entry, type(err).__name__, err)
         decoded = None
-    hit = decoded is not None
+    hit, hashed = decoded is not None, []
     if not hit:
-        decoded = _decode_and_store(entry, paths, size, workers, on_progress)
+        decoded, hashed = _decode_and_store(entry, paths, size, workers, on_progress, hashing)
     elif on_progress is not None:
         on_progress(len(paths))
     try:
@@ -305,4 +352,17 @@ def decode_cached(paths: Sequence[Path], size: int, cache: DecodeCacheOptions, w
             _prune(Path(cache_dir), entry, int(cache.max_gb * 1e9))
     except OSError as err:  # a read-only cache, or one that could not be written (already warned about)
         log.debug("decode cache %s not maintained (%s)", cache_dir, err)
-    return decoded
+    return decoded, hashed
+
+
+def decode_cached(paths: Sequence[Path], size: int, cache: DecodeCacheOptions, workers: int | None = None,
+                  on_progress: Callable[[int], None] | None = None, hash_files: bool = False) -> DecodedImages:
+    """decode_all, reusing the array an earlier run decoded from the same unchanged files in
+    `cache.directory` (usually DecodeCacheOptions.from_environment()); no directory, no cache. hash_files=True
+    also gives each file's record (`records`, data/hashes.py), from the store in that directory or computed
+    in the decode pass."""
+    store = HashStore(cache.directory) if hash_files else None
+    known = store.known(paths) if store is not None else None
+    hashing = None if known is None else [record is None for record in known]
+    decoded, hashed = _decode_cached(paths, size, cache, workers, on_progress, hashing)
+    return decoded if store is None else _with_records(decoded, store, paths, known, hashed)

@@ -16,7 +16,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 # The audit's own test of a near copy (private there), so that what is written here passes it.
-from .audit import _close_pairs, _phash
+from .audit import _close_pairs
+from .hashes import phash
 
 SPLITS = {"train": 0.7, "validation": 0.15, "test": 0.15}
 NEAR_COPY_BITS = 4  # audit()'s default hash_distance: resized or re-encoded copies
@@ -54,7 +55,7 @@ def write_digits_folder(root: str | Path, seed: int = 0, per_class: int | None =
 def _unique_images(images: list[Image.Image], targets: np.ndarray) -> np.ndarray:
     """Sorted indices of one image (the first) of each group of near copies, chained as the audit
     chains them; a group filed under more than one digit is left out, as its label is a coin toss."""
-    hashes = np.array([_phash(np.asarray(image.convert("RGB"))) for image in images], dtype=np.uint64)
+    hashes = np.array([phash(np.asarray(image.convert("RGB"))) for image in images], dtype=np.uint64)
     pairs = _close_pairs(hashes, NEAR_COPY_BITS)
     graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(len(images), len(images)))
     _, group = connected_components(graph, directed=False)

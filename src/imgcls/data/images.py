@@ -82,7 +82,8 @@ def open_image(source) -> Image.Image:
         raise  # the file itself, not its contents
     except Exception as err:  # PIL raises many types for non-images
         # Checked only on failure: a stat per image costs 2-5% of decoding a small JPEG.
-        if not isinstance(source, io.BytesIO) and os.stat(source).st_size == 0:
+        empty = source.getbuffer().nbytes == 0 if isinstance(source, io.BytesIO) else os.stat(source).st_size == 0
+        if empty:
             raise UnreadableImage("empty file (0 bytes)") from None
         raise UnreadableImage(f"not an image Pillow can read ({type(err).__name__})") from None
     if image.width * image.height > MAX_PIXELS:

@@ -78,7 +78,7 @@ class TrainConfig:
     test_split: float = 0.0
     seed: int = 0
     logger: str = "csv"  # experiment tracking: csv (history.csv only), tensorboard or mlflow (train.tracking)
-    report: bool = True  # write report.html at the end (~2 s on small data, ~80 s for CIFAR-10's audit)
+    report: bool = True  # write report.html at the end (~2 s on small data; its audit reuses the decode pass's file hashes)
     device: str = "auto"  # auto: cuda if available, else cpu
     precision: str = "auto"  # auto: bf16 autocast on CUDA and on CPUs with native bf16, else fp32
     compile: bool = False  # torch.compile the training step's model; slower on a 2-core CPU (bench/compile.py), so off

@@ -10,10 +10,11 @@ process 0 writes the run folder, logs and the bundle.
 """
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import platform
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from ..data.audit import find_leakage
 from ..data.augment import build_augment
 from ..data.cache import DecodeCacheOptions, decode_cached
 from ..data.folders import LabelledImages, Sample, discover, multi_hot
+from ..data.hashes import FileRecord
 from ..data.manifest import read_manifest
 from ..data.loader import Batches, to_model_input
 from ..distributed import Ranks, broadcast_object, broadcast_tensors, gather_rows, join, local_main_first, shard_rows
@@ -45,6 +47,7 @@ from .defaults import (MIN_BATCH, MIN_STEPS_PER_EPOCH, choose_img_size, choose_m
                        scratch_fallback)
 from .distill import DistillationLoss, check_teacher, soft_targets, teacher_probabilities
 from .loop import CHECKPOINT_FORMAT, Extensions, Trainer, count_correct, make_loss, predict_logits
+from .phases import PhaseTimer
 from .probe import fit_linear_probe
 from .time_budget import fit_epochs_to_budget
 from .tracking import Tracker, make_tracker
@@ -64,6 +67,7 @@ class TrainResult:
     metrics: dict  # validation metrics of the saved model
     history: list[dict]
     skipped: list[dict]
+    phase_seconds: dict[str, float] = field(default_factory=dict)  # where the wall time went (train.phases)
 
 
 @dataclass
@@ -72,6 +76,7 @@ class DecodedSplit:
     samples: list[Sample]  # the readable ones, row for row
     targets: torch.Tensor  # (N, num_classes) one-hot or multi-hot
     failed: list[tuple[Path, str]]
+    records: dict[Path, FileRecord]  # every file's hashes, from the decode pass (empty where not asked for)
 
 
 def _decode_split(samples: list[Sample], size: int, num_classes: int, workers: int | None, desc: str,
@@ -80,14 +85,16 @@ def _decode_split(samples: list[Sample], size: int, num_classes: int, workers: i
 
     with local_main_first(ranks), tqdm(total=len(samples), desc=f"decoding {desc}", unit="img", leave=False,
                                        disable=None if ranks.is_main else True) as bar:
+        # the main process hashes as it decodes, for the leakage check (data.hashes)
         decoded = decode_cached([s.path for s in samples], size, DecodeCacheOptions.from_environment(), workers,
-                                on_progress=bar.update)
+                                on_progress=bar.update, hash_files=ranks.is_main)
     kept = [samples[i] for i in decoded.kept]
     if not kept:
         raise ImgclsError(f"none of the {len(samples)} {desc} images could be read")
     if decoded.cached is not None:
         log.info("%s: %d decoded images from cache (%s)", desc, len(kept), decoded.cached)
-    return DecodedSplit(decoded.pixels, kept, torch.from_numpy(multi_hot(kept, num_classes)), decoded.failed)
+    records = dict(zip((s.path for s in samples), decoded.records or []))
+    return DecodedSplit(decoded.pixels, kept, torch.from_numpy(multi_hot(kept, num_classes)), decoded.failed, records)
 
 
 def _check_every_class_readable(dataset: LabelledImages, train_set: DecodedSplit) -> None:
@@ -345,10 +352,9 @@ def _settings(config: TrainConfig, device: torch.device, data_dir: Path, fingerp
                    mode=config.resolved_mode(), time_budget_s=None,
                    device=device.type if config.device == "auto" else config.device,
                    precision="fp32" if compute_dtype(device, config.precision) is None else "bf16")
-    import timm  # lazily, as models.registry imports it
-
+    # timm's version from its metadata: no import of timm (10 s cold on 2 shared cores) only to read it
     return {DATA_KEY: str(data_dir), **asdict(used), "data_fingerprint": fingerprint, "started_at": started_at,
-            "imgcls_version": __version__, "torch_version": torch.__version__, "timm_version": timm.__version__,
+            "imgcls_version": __version__, "torch_version": torch.__version__, "timm_version": importlib.metadata.version("timm"),
             "python_version": platform.python_version()}
 
 
@@ -375,7 +381,8 @@ def train(data_dir: str | Path | None, run_dir: str | Path | None = None, config
     if state is not None:
         config, data_dir = TrainConfig.from_dict(state["config"]), data_dir or state["data_dir"]
     data_dir = Path(data_dir).expanduser().resolve()  # stored in the checkpoint: --resume may run from another folder
-    started, started_at = time.perf_counter(), datetime.now(timezone.utc).isoformat(timespec="seconds")
+    timer = PhaseTimer()
+    started, started_at = timer.started, datetime.now(timezone.utc).isoformat(timespec="seconds")
     keep_freed_memory()
     source = read_bundle_config(config.init_from) if config is not None and config.init_from else None
     config = _absolute_paths(_start_config(config, source))
@@ -386,28 +393,35 @@ def train(data_dir: str | Path | None, run_dir: str | Path | None = None, config
         check_model_name(config.model)
     ranks, device = join(resolve_device(config.device))
 
-    dataset = discover(data_dir, config.val_split, config.test_split, config.seed, config.multi_label, config.labels_csv,
-                       config.manifest)
-    fingerprint = dataset.fingerprint()  # a stat of every file: taken once, as the run starts
+    with timer.phase("discover"):
+        dataset = discover(data_dir, config.val_split, config.test_split, config.seed, config.multi_label,
+                           config.labels_csv, config.manifest)
+        fingerprint = dataset.fingerprint()  # a stat of every file: taken once, as the run starts
     if config.distill_from:
         check_teacher(config.distill_from, dataset.classes)
     if ranks.is_main:
-        _warn_about_data(dataset)
+        _warn_about_imbalance(dataset)
     num_classes = len(dataset.classes)
-    start = _start_model(config, num_classes, median_side(dataset.splits["train"]), source)
+    with timer.phase("model"):
+        start = _start_model(config, num_classes, median_side(dataset.splits["train"]), source)
     model, config = start.model, start.config
     img_size = config.img_size
     log.info("%d classes, %s images; %s at %d px on %s: %s, weights from %s", num_classes,
              {k: len(v) for k, v in dataset.splits.items()}, config.model, img_size, device,
              config.resolved_mode(), start.weights_source)
-    train_set = _decode_split(dataset.splits["train"], img_size, num_classes, config.workers, "train", ranks)
-    _check_every_class_readable(dataset, train_set)
-    val_set = _decode_split(dataset.splits["validation"], img_size, num_classes, config.workers, "validation", ranks)
+    with timer.phase("decode"):
+        train_set = _decode_split(dataset.splits["train"], img_size, num_classes, config.workers, "train", ranks)
+        _check_every_class_readable(dataset, train_set)
+        val_set = _decode_split(dataset.splits["validation"], img_size, num_classes, config.workers, "validation", ranks)
+    if ranks.is_main:
+        with timer.phase("hashes"):  # from the decode pass: only a test split's files are read here
+            _warn_about_leakage(dataset, {**train_set.records, **val_set.records})
     if state is None:
         _warn_about_batch_size(len(train_set.samples), config.batch_size)  # a given one; choose_schedule fits its own
         config = choose_schedule(config, len(train_set.samples)).validate()
     if state is None and config.resolved_mode() == "scratch":
-        _init_from_data(model, train_set.pixels, config.seed)
+        with timer.phase("model"):
+            _init_from_data(model, train_set.pixels, config.seed)
     model = _synchronise_batchnorm(model.to(device).to(memory_format=torch.channels_last), config, ranks, device)
     skipped = [{"path": str(p), "reason": r} for p, r in train_set.failed + val_set.failed]
     summary = _data_summary(dataset, data_dir, fingerprint, img_size, skipped, config)
@@ -417,43 +431,46 @@ def train(data_dir: str | Path | None, run_dir: str | Path | None = None, config
     tracker = (make_tracker(config.logger, run, _settings(config, device, data_dir, fingerprint, started_at))
                if ranks.is_main else None)
 
-    loss_fn = make_loss(config, None)
-    probe = None
-    if state is None and config.resolved_mode() in ("freeze", "finetune"):
-        probe = _fit_probe_head(model, config, train_set, val_set, device, loss_fn, ranks)
-    if _head_only(config):
-        history = _probe_history(run, probe) if ranks.is_main else []  # the probe is the optimum of the head on fixed features: done
-        if tracker is not None:
-            tracker.on_epoch_end(None, history[0])
-    else:
-        teacher = (teacher_probabilities(config.distill_from, dataset.classes, [s.path for s in train_set.samples],
-                                         train_set.targets, config.distill_temperature, device)
-                   if config.distill_from else None)
-        trainer = _make_trainer(model, config, train_set, val_set, run, device, progress, probe, ranks, tracker,
-                                extensions, teacher)
-        if state is not None:
-            trainer.load_state_dict(state)
-            log.info("resuming %s after epoch %d of %d", run.root, trainer.epoch, config.epochs)
-        elif config.time_budget_s is not None:
-            trainer = fit_epochs_to_budget(trainer, config.time_budget_s - (time.perf_counter() - started),
-                                           lambda epochs: _make_trainer(model, replace(config, epochs=epochs), train_set,
-                                                                        val_set, run, device, progress, probe, ranks,
-                                                                        tracker, extensions, teacher))
-            config = trainer.config
-        trainer.extra_state = {"data_dir": str(data_dir), "img_size": img_size}
-        history = trainer.fit()
+    with timer.phase("epochs"):  # the linear probe and the teacher's probabilities too, where there are
+        loss_fn = make_loss(config, None)
+        probe = None
+        if state is None and config.resolved_mode() in ("freeze", "finetune"):
+            probe = _fit_probe_head(model, config, train_set, val_set, device, loss_fn, ranks)
+        if _head_only(config):
+            history = _probe_history(run, probe) if ranks.is_main else []  # the probe is the optimum of the head on fixed features: done
+            if tracker is not None:
+                tracker.on_epoch_end(None, history[0])
+        else:
+            teacher = (teacher_probabilities(config.distill_from, dataset.classes, [s.path for s in train_set.samples],
+                                             train_set.targets, config.distill_temperature, device)
+                       if config.distill_from else None)
+            trainer = _make_trainer(model, config, train_set, val_set, run, device, progress, probe, ranks, tracker,
+                                    extensions, teacher)
+            if state is not None:
+                trainer.load_state_dict(state)
+                log.info("resuming %s after epoch %d of %d", run.root, trainer.epoch, config.epochs)
+            elif config.time_budget_s is not None:
+                trainer = fit_epochs_to_budget(trainer, config.time_budget_s - (time.perf_counter() - started),
+                                               lambda epochs: _make_trainer(model, replace(config, epochs=epochs), train_set,
+                                                                            val_set, run, device, progress, probe, ranks,
+                                                                            tracker, extensions, teacher))
+                config = trainer.config
+            trainer.extra_state = {"data_dir": str(data_dir), "img_size": img_size}
+            history = trainer.fit()
     if not ranks.is_main:  # process 0 evaluates and saves
-        return TrainResult(run.root, run.bundle, {}, history, skipped)
+        return TrainResult(run.root, run.bundle, {}, history, skipped, timer.summary())
     settings = _settings(config, device, data_dir, fingerprint, started_at)
-    finished = _finish(model, config, dataset, val_set, run, device, start.weights_source, probe, settings, history,
-                       started)
+    with timer.phase("evaluation"):
+        finished = _finish(model, config, dataset, val_set, run, device, start.weights_source, probe, settings, history,
+                           started)
     evaluation = run.evaluation
     plots = {"confusion_matrix": evaluation.confusion_png, "learning_curves": evaluation.learning_curves_png}
     tracker.finish(finished.evaluation.metrics, {name: path for name, path in plots.items() if path.is_file()})
     if config.report:
-        _write_report(run, model, finished, history, summary, dataset, val_set, device)
-    log.info("trained in %.0fs", time.perf_counter() - started)
-    return TrainResult(run.root, finished.bundle_dir, finished.evaluation.metrics, history, skipped)
+        with timer.phase("report"):
+            _write_report(run, model, finished, history, summary, dataset, val_set, device)
+    log.info("trained in %.0fs: %s", timer.wall_seconds(), timer.line())
+    return TrainResult(run.root, finished.bundle_dir, finished.evaluation.metrics, history, skipped, timer.summary())
 
 
 def _head_only(config: TrainConfig) -> bool:
@@ -503,14 +520,19 @@ def _warn_about_batch_size(images: int, batch_size: int | None) -> None:
                     images, steps, "" if steps == 1 else "s", batch_size, advice)
 
 
-def _warn_about_data(dataset: LabelledImages) -> None:
-    """The cheap part of `imgcls audit`: leakage between splits and class imbalance."""
+def _warn_about_imbalance(dataset: LabelledImages) -> None:
+    """The cheap part of `imgcls audit` that needs no file read: class imbalance."""
     counts = dataset.counts()["train"]
     smallest, largest = min(counts, key=counts.get), max(counts, key=counts.get)
     if counts[smallest] * IMBALANCE_WARNING < counts[largest]:
         log.warning("classes are imbalanced: '%s' has %d training images, '%s' %d; consider --class-weights",
                     smallest, counts[smallest], largest, counts[largest])
-    leaks = find_leakage(dataset)
+
+
+def _warn_about_leakage(dataset: LabelledImages, records: dict[Path, FileRecord]) -> None:
+    """The part of `imgcls audit` training runs: files shared between splits, from the hashes the decode
+    pass computed (`records`)."""
+    leaks = find_leakage(dataset, records)
     if leaks:
         example = leaks[0]["paths"]
         log.warning("%d images appear in both train and validation/test (e.g. %s); validation accuracy will be "
