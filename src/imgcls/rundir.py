@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Iterator
 
-from .errors import UsageError
+from .errors import ImgclsError, UsageError
 from .fileio import atomic_write_bytes, fresh_folder
 
 BUNDLE_FOLDER = "model"  # models.bundle.find_bundle looks for a run's bundle here
@@ -194,6 +194,23 @@ class RunDir:
         """data.json, or None where there is none (a bundle copied without its run)."""
         values = _read_json(self.data_summary)
         return DataSummary.from_dict(values) if values else None
+
+    def dataset(self, data_dir: str | Path | None = None):
+        """The run's data (data.folders.LabelledImages), split as it trained on it: data.json says where the
+        data is and how it was split; `data_dir` stands in for a data folder that moved. Look-alikes and the
+        int8 export's calibration read its splits."""
+        from .data.folders import discover  # numpy: only for the commands that need the images
+
+        summary = self.read_data_summary() or DataSummary()
+        if data_dir is None:
+            data_dir = summary.data_dir
+            if data_dir is None:
+                raise UsageError(f"no training data known for '{self.bundle}' (no {self.data_summary.name} beside "
+                                 "it); pass --data TRAIN_DIR")
+            if not Path(data_dir).is_dir():
+                raise ImgclsError(f"the training data '{data_dir}' recorded in {self.data_summary} is gone; "
+                                  "pass --data TRAIN_DIR")
+        return discover(data_dir, **summary.split_options())
 
     def write_data_summary(self, summary: DataSummary) -> None:
         atomic_write_bytes(self.data_summary, json.dumps(asdict(summary), indent=2).encode())

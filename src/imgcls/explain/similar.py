@@ -22,11 +22,11 @@ from safetensors.numpy import load_file, save_file
 from torch import nn
 
 from ..data.cache import decode_all, decode_cached
-from ..data.folders import LabelledImages, discover
+from ..data.folders import LabelledImages
 from ..data.loader import to_model_input
-from ..errors import ImgclsError, UsageError
+from ..errors import UsageError
 from ..fileio import atomic_write, atomic_write_bytes, fresh_folder
-from ..rundir import DataSummary, RunDir
+from ..rundir import RunDir
 from .maps import decode_inputs, require_torch_model
 from .overlay import tiles, to_png
 
@@ -46,22 +46,6 @@ def embed(predictor, pixels: np.ndarray) -> np.ndarray:
     return nn.functional.normalize(torch.cat(features), dim=1).cpu().numpy()
 
 
-def run_dataset(bundle_dir: Path, data_dir) -> LabelledImages:
-    """The run's data, split as it trained on it: data.json says where the data is and how it was split;
-    `data_dir` (not None) stands in for a data folder that moved. Look-alikes and the int8 export's
-    calibration (export.quantize) read its splits."""
-    run = RunDir(bundle_dir.parent)
-    summary = run.read_data_summary() or DataSummary()
-    if data_dir is None:
-        data_dir = summary.data_dir
-        if data_dir is None:
-            raise UsageError(f"no training data known for '{bundle_dir}' (no {run.data_summary.name} beside it); "
-                             "pass --data TRAIN_DIR")
-        if not Path(data_dir).is_dir():
-            raise ImgclsError(f"the training data '{data_dir}' recorded in {run.data_summary} is gone; pass --data TRAIN_DIR")
-    return discover(data_dir, **summary.split_options())
-
-
 def _build(predictor, dataset: LabelledImages, bundle_dir: Path) -> tuple[np.ndarray, dict]:
     samples = dataset.splits["train"]
     log.info("indexing %d training images of '%s' for look-alikes", len(samples), dataset.root)
@@ -79,7 +63,7 @@ def _build(predictor, dataset: LabelledImages, bundle_dir: Path) -> tuple[np.nda
 def load_index(predictor, bundle_dir: str | Path, data_dir=None) -> tuple[np.ndarray, dict]:
     """(N, D) embeddings of the training images and their {'paths', 'labels', ...}, built if missing or stale."""
     bundle_dir = Path(bundle_dir)
-    dataset = run_dataset(bundle_dir, data_dir)
+    dataset = RunDir(bundle_dir.parent).dataset(data_dir)
     meta_path = bundle_dir / INDEX_META
     if meta_path.is_file() and (bundle_dir / INDEX_FILE).is_file():
         meta = json.loads(meta_path.read_text(encoding="utf-8"))

@@ -25,13 +25,13 @@ from ..data.folders import Sample
 from ..data.loader import to_model_input
 from ..errors import ImgclsError, UsageError
 from ..evaluate.metrics import expected_calibration_error, reliability_bins
-from ..explain.similar import run_dataset
 from ..extras import require
 from ..fileio import atomic_write
 from ..models.bundle import find_bundle, read_bundle_config, update_bundle_config
 from ..models.classifier import tta_logits
-from ..train.calibration import fit_temperature
 from ..predict.session import INPUT_NAME, ONNX_FILE, OnnxModel, int8_path
+from ..rundir import RunDir
+from ..train.calibration import fit_temperature
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def export_int8(bundle: str | Path, fp32_path: str | Path | None = None, max_dro
     fp32_path = Path(fp32_path) if fp32_path else folder / ONNX_FILE
     if not fp32_path.is_file():
         raise ImgclsError(f"no fp32 export at '{fp32_path}' to quantise; run `imgcls export {bundle}` first")
-    dataset = run_dataset(folder, data_dir)
+    dataset = RunDir(folder.parent).dataset(data_dir)
     if not dataset.splits.get("validation"):
         raise ImgclsError(f"the data of '{folder}' has no validation images to check the int8 model on; pass --data DATA_DIR")
     # The whole split through the cache, under the key training left: a memory map, of which only the rows taken are read
