@@ -18,7 +18,6 @@ Pin to 2 cores with taskset: ONNX Runtime and PyTorch use every core this proces
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import sys
@@ -34,6 +33,7 @@ from imgcls.export.onnx import export_onnx
 from imgcls.export.quantize import export_int8
 from imgcls.predict.session import OnnxModel, int8_path
 from imgcls.models.bundle import find_bundle, load_bundle
+from imgcls.rundir import RunDir
 from imgcls.train.config import TrainConfig
 from imgcls.train.run import train
 
@@ -42,7 +42,7 @@ BATCHES = (1, 32)
 
 def _test_data(run: Path) -> tuple[str, str]:
     """The run's data folder and the split to score on: test if it has one, else validation."""
-    data_dir = json.loads((run / "data.json").read_text(encoding="utf-8"))["data_dir"]
+    data_dir = RunDir(run).read_data_summary().data_dir
     split = "test" if (Path(data_dir) / "test").is_dir() else "validation"
     return data_dir, split
 
@@ -50,8 +50,8 @@ def _test_data(run: Path) -> tuple[str, str]:
 def measure_int8(run: Path, label: str, runs: int, scratch: Path) -> list[dict]:
     """Rows of one bundle: per engine and batch size, images/s; per engine, test top-1 and ECE."""
     copy = scratch / label
-    shutil.copytree(find_bundle(run), copy / "model")
-    shutil.copy(run / "data.json", copy / "data.json")
+    shutil.copytree(find_bundle(run), RunDir(copy).bundle)
+    shutil.copy(RunDir(run).data_summary, RunDir(copy).data_summary)
     fp32 = export_onnx(copy).path
     check = export_int8(copy, fp32).record
     model, config = load_bundle(copy)
