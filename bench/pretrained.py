@@ -116,11 +116,11 @@ def short(source: str) -> str:
 def run_fields(run_dir: Path) -> dict:
     """What the run chose and measured, from its bundle config and history."""
     from imgcls.models.bundle import read_bundle_config
-    from imgcls.train.callbacks import HISTORY_FILE
+    from imgcls.rundir import RunDir
 
     config = read_bundle_config(run_dir)
     probe = config.metrics.get("linear_probe_accuracy")
-    epochs = len((run_dir / HISTORY_FILE).read_text().splitlines()) - 1  # less the header
+    epochs = len(RunDir(run_dir).read_history())
     return {"model": config.architecture, "mode": config.training_mode, "weights": short(config.weights_source),
             "epochs": epochs, "val_accuracy": round(config.metrics["accuracy"], 4),
             "probe_accuracy": "" if probe is None else round(probe, 4)}

@@ -30,14 +30,18 @@ def _one_thread_per_test_process():
 
 
 @pytest.fixture(autouse=True)
-def _cli_logging_undone_after_each_test():
-    """A test that runs the CLI in this process leaves the 'imgcls' logger as a command leaves it (its own
-    handler on that test's captured stderr, not propagating): put it back, so the next test's caplog sees
-    the warnings it asserts (pytest 8.0 on the floors run does not isolate this by itself)."""
-    logger = logging.getLogger("imgcls")
-    saved = logger.handlers[:], logger.level, logger.propagate
-    yield
-    logger.handlers[:], logger.level, logger.propagate = saved
+def _imgcls_logging_as_imported():
+    """Every test starts with the 'imgcls' loggers as the library leaves them: no handler, no level of their
+    own, propagating to the root logger, where caplog listens. A test that runs the CLI in this process leaves
+    them as a command does (a handler on that test's captured stderr, not propagating, --quiet's level), and
+    the floors run's pytest 8.0 then missed the next tests' warnings. setLevel also clears logging's cache of
+    which levels each logger lets through, which assigning `.level` would leave stale."""
+    loggers = [logging.getLogger("imgcls")] + [logger for name, logger in logging.root.manager.loggerDict.items()
+                                               if name.startswith("imgcls.") and isinstance(logger, logging.Logger)]
+    for logger in loggers:
+        logger.handlers.clear()
+        logger.propagate, logger.disabled = True, False
+        logger.setLevel(logging.NOTSET)
 
 
 @pytest.fixture(autouse=True, scope="session")

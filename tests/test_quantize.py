@@ -9,12 +9,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from imgcls.cli.main import main
-from imgcls.predict.session import INT8_ONNX_FILE, ONNX_FILE
 from imgcls.models.bundle import CONFIG_FILE, read_bundle_config
 from imgcls.predict.predictor import Predictor
+from imgcls.predict.session import INT8_ONNX_FILE, ONNX_FILE
+from imgcls.rundir import RunDir
 from imgcls.serve.app import create_app
 from imgcls.serve.service import load_models
 
+TINY_VALIDATION_MAX_DROP = 5.0
 RECORD_KEYS = {"top1_fp32", "top1_int8", "drop_points", "agreement", "per_class_recall", "ece_fp32",
                "ece_int8_before_refit", "ece_int8", "temperature", "validation_images", "calibration_images"}
 
@@ -28,17 +30,18 @@ def run_cli(capsys, *argv):
 def copy_run(trained_run, target):
     """The trained run's bundle and data.json in a folder of our own (the session's run is read-only)."""
     target.mkdir(parents=True)
-    shutil.copy(trained_run.run_dir / "data.json", target / "data.json")
-    shutil.copytree(trained_run.bundle_dir, target / "model")
+    shutil.copy(RunDir(trained_run.run_dir).data_summary, RunDir(target).data_summary)
+    shutil.copytree(trained_run.bundle_dir, RunDir(target).bundle)
     return target
 
 
 @pytest.fixture(scope="module")
 def int8_run(trained_run, tmp_path_factory):
     """A copy of the whole trained digits run (report.html included) after `imgcls export RUN --int8`, and that
-    command's exit status."""
+    command's exit status. On its 40 validation images one image is 2.5 points, so the tolerance is two images
+    (onnxruntime 1.17, the floor, flips one where the newest flips none)."""
     run = shutil.copytree(trained_run.run_dir, tmp_path_factory.mktemp("int8") / "digits")
-    code = main(["export", str(run), "--int8"])
+    code = main(["export", str(run), "--int8", "--max-drop", str(TINY_VALIDATION_MAX_DROP)])
     return run, code
 
 
@@ -48,7 +51,7 @@ def test_export_int8_writes_the_int8_model_beside_the_fp32_one_and_records_its_c
     assert (run / "model" / ONNX_FILE).is_file() and (run / "model" / INT8_ONNX_FILE).is_file()
     record = json.loads((run / "model" / CONFIG_FILE).read_text())["int8_export"]
     assert set(record) == RECORD_KEYS
-    assert record["drop_points"] <= 1.0 and record["agreement"] >= 0.9
+    assert record["drop_points"] <= TINY_VALIDATION_MAX_DROP and record["agreement"] >= 0.9
     assert record["validation_images"] == 40 and record["calibration_images"] > 0
     assert set(record["per_class_recall"]) == set(read_bundle_config(run).classes)
     assert record["temperature"] > 0
