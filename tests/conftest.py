@@ -44,6 +44,14 @@ def _imgcls_logging_as_imported():
         logger.setLevel(logging.NOTSET)
 
 
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch) -> Path:
+    """A decode cache of the test's own, which every call uses (DecodeCacheOptions.from_environment() included)."""
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("IMGCLS_CACHE_DIR", str(folder))
+    return folder
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _decode_cache_in_a_temp_folder(tmp_path_factory):
     """Tests never write into the user's ~/.cache (the decode cache is on by default)."""

@@ -19,14 +19,6 @@ from imgcls.train.run import _decode_split
 
 
 @pytest.fixture
-def cache_dir(tmp_path, monkeypatch) -> Path:
-    """The cache every call in the test uses, DecodeCacheOptions.from_environment() included: never ~/.cache."""
-    folder = tmp_path / "cache"
-    monkeypatch.setenv("IMGCLS_CACHE_DIR", str(folder))
-    return folder
-
-
-@pytest.fixture
 def photos(tmp_path) -> list[Path]:
     """Five noise images (JPEG and PNG, various sizes) and one file that is not an image."""
     folder = tmp_path / "photos"

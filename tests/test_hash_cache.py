@@ -23,13 +23,6 @@ from imgcls.train.run import train
 
 
 @pytest.fixture
-def cache_dir(tmp_path, monkeypatch) -> Path:
-    folder = tmp_path / "cache"
-    monkeypatch.setenv("IMGCLS_CACHE_DIR", str(folder))
-    return folder
-
-
-@pytest.fixture
 def leaky(digits_dir, tmp_path) -> Path:
     """The digits with one training image copied into validation (leakage) and one corrupt validation file."""
     root = Path(shutil.copytree(digits_dir, tmp_path / "digits"))
