@@ -110,7 +110,8 @@ def main() -> None:
     if "distill" in args.parts:
         rows += measure_distill(args.bundle_32, args.student, args.epochs, args.seed, args.out)
     columns = sorted({key for row in rows for key in row}, key=lambda key: min(list(r).index(key) for r in rows if key in r))
-    report("compress", [{key: row.get(key, "") for key in columns} for row in rows],
+    name = "compress" if set(args.parts) == {"int8", "distill"} else "compress-" + "-".join(args.parts)
+    report(name, [{key: row.get(key, "") for key in columns} for row in rows],
            "python bench/compress.py " + " ".join(sys.argv[1:]))
 
 
