@@ -52,13 +52,13 @@ def main() -> None:
     for seed in args.seeds:
         settings = dict(options, val_split=0.1, seed=seed, early_stopping=0, report=False, device=str(device),
                         compile=args.compile)
-        config = TrainConfig(**settings) if args.recipe == "none" else TrainConfig.from_recipe(args.recipe, **settings)
+        config = TrainConfig.from_options(settings, None if args.recipe == "none" else args.recipe)
         start = time.perf_counter()
         result = train(data, f"{args.out}/{args.recipe}-seed{seed}", config, progress=sys.stderr.isatty())
         trained = time.perf_counter() - start
         metrics, _ = evaluate(result.bundle_dir, data, split="test", device=str(device))
         epoch_seconds = [h["seconds"] for h in result.history]
-        row = {"recipe": args.recipe, "model": config.model, "seed": seed, "epochs": config.epochs,
+        row = {"recipe": args.recipe, "model": config.model.architecture, "seed": seed, "epochs": config.optimisation.epochs,
                "test_accuracy": round(metrics["accuracy"], 4), "train_wall_s": round(trained, 1),
                "epochs_s": round(sum(epoch_seconds), 2), "s_per_epoch": round(sum(epoch_seconds) / len(epoch_seconds), 2),
                "eval_wall_s": round(time.perf_counter() - start - trained, 1)}
@@ -66,7 +66,7 @@ def main() -> None:
             warmup = max(0.0, epoch_seconds[0] - statistics.median(epoch_seconds[1:]))
             row.update(warmup_s=round(warmup, 2), train_s=round(sum(epoch_seconds) - warmup, 2))
         rows.append(row)
-    name = f"cifar10-{args.recipe}-{config.epochs}ep" + ("-cuda" if on_gpu else "") + ("-compiled" if args.compile else "")
+    name = f"cifar10-{args.recipe}-{config.optimisation.epochs}ep" + ("-cuda" if on_gpu else "") + ("-compiled" if args.compile else "")
     report(name, rows, "python bench/cifar10.py " + " ".join(sys.argv[1:]))
 
 

@@ -79,7 +79,7 @@ def measure_distill(teacher: Path, student: str, epochs: int, seed: int, out: Pa
     data = dataset("cifar10-jpg.tar.gz", "cifar10")
     rows = []
     for name, extra in (("alone", {}), ("distilled", {"distill_from": str(teacher)})):
-        config = TrainConfig(model=student, epochs=epochs, seed=seed, val_split=0.1, early_stopping=0, report=False,
+        config = TrainConfig.from_options(model=student, epochs=epochs, seed=seed, val_split=0.1, early_stopping=0, report=False,
                              **extra)
         result = train(data, out / f"{student}-{name}", config, progress=sys.stderr.isatty())
         metrics, _ = evaluate(result.bundle_dir, data, split="test", device="cpu")

@@ -32,7 +32,7 @@ def main() -> None:
     data = dataset("imagenette2-224.tar.gz", "imagenette2-224")
     rows = []
     for seed in args.seeds:
-        config = TrainConfig(model=args.model, img_size=128, epochs=args.epochs, batch_size=args.batch_size,
+        config = TrainConfig.from_options(model=args.model, img_size=128, epochs=args.epochs, batch_size=args.batch_size,
                              optimizer=args.optimizer, precision=args.precision, seed=seed, early_stopping=0, report=False)
         start = time.perf_counter()
         result = train(data, f"{args.out}/{args.model}-seed{seed}", config, progress=sys.stderr.isatty())

@@ -106,11 +106,11 @@ def decode_every_epoch(data: Path, config: TrainConfig, workers: int) -> tuple[f
     """The same training as `train`, fed by DecodeEveryEpoch; returns its wall time and history."""
     resize = T.Resize((IMG_SIZE, IMG_SIZE))  # squashes, as imgcls and flow_from_directory do
     augment = T.Compose([resize, T.RandomAffine(0, shear=SHEAR_DEG, scale=ZOOM), T.RandomHorizontalFlip(), T.ToTensor()])
-    train_batches = DecodeEveryEpoch(data / "train", augment, True, workers, config.seed)
-    val_batches = DecodeEveryEpoch(data / "validation", T.Compose([resize, T.ToTensor()]), False, workers, config.seed)
-    num_classes, device = len(CLASSES), resolve_device(config.device)
-    torch.manual_seed(config.seed)  # as train() does before building the model: the same initial weights
-    model = Classifier(create_model(config.model, num_classes=num_classes, img_size=IMG_SIZE))
+    train_batches = DecodeEveryEpoch(data / "train", augment, True, workers, config.runtime.seed)
+    val_batches = DecodeEveryEpoch(data / "validation", T.Compose([resize, T.ToTensor()]), False, workers, config.runtime.seed)
+    num_classes, device = len(CLASSES), resolve_device(config.runtime.device)
+    torch.manual_seed(config.runtime.seed)  # as train() does before building the model: the same initial weights
+    model = Classifier(create_model(config.model.architecture, num_classes=num_classes, img_size=IMG_SIZE))
     model = model.to(device).to(memory_format=torch.channels_last)
     trainer = Trainer(model, config, train_batches, val_batches, build_augment("none", IMG_SIZE, num_classes),
                       make_loss(config, None), [EpochLog()], device)
@@ -141,7 +141,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="imgcls-keras-tutorial-") as tmp:
         data = gather_photos(source, Path(tmp), args.photo_width)
         for seed in args.seeds:
-            config = TrainConfig(model="seed-cnn", img_size=IMG_SIZE, epochs=args.epochs, batch_size=BATCH_SIZE,
+            config = TrainConfig.from_options(model="seed-cnn", img_size=IMG_SIZE, epochs=args.epochs, batch_size=BATCH_SIZE,
                                  augment="seed", early_stopping=0, seed=seed, report=False)
             start = time.perf_counter()
             result = train(data, f"{args.out}/seed{seed}", config, progress=sys.stderr.isatty())

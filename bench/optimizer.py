@@ -47,8 +47,8 @@ def main() -> None:
         model = create_model(name, num_classes=10, img_size=size)
         params = sum(p.numel() for p in model.parameters())
         for optimizer in OPTIMIZERS:
-            as_built = build_optimizer(model, TrainConfig(optimizer=optimizer))
-            with_foreach = build_optimizer(model, TrainConfig(optimizer=optimizer))
+            as_built = build_optimizer(model, TrainConfig.from_options(optimizer=optimizer))
+            with_foreach = build_optimizer(model, TrainConfig.from_options(optimizer=optimizer))
             for group in with_foreach.param_groups:
                 group["fused"], group["foreach"] = False, True
             fused, foreach = step_ms(model, as_built, args.repeats), step_ms(model, with_foreach, args.repeats)

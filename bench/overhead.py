@@ -40,7 +40,7 @@ import json, sys, time
 from imgcls.train.config import TrainConfig
 from imgcls.train.run import train
 started = time.perf_counter()
-result = train(sys.argv[1], sys.argv[2], TrainConfig(epochs=int(sys.argv[3])), progress=False)
+result = train(sys.argv[1], sys.argv[2], TrainConfig.from_options(epochs=int(sys.argv[3])), progress=False)
 print("PHASES " + json.dumps({**result.phase_seconds, "train_call": time.perf_counter() - started}))
 """
 

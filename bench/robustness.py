@@ -472,7 +472,7 @@ def main() -> None:
     try:
         digits = write_digits_folder(TMP / "digits", per_class=15)
         run = TMP / "run"
-        train(digits, run, TrainConfig(model="cnn-bn", epochs=1, batch_size=32, img_size=32, early_stopping=0,
+        train(digits, run, TrainConfig.from_options(model="cnn-bn", epochs=1, batch_size=32, img_size=32, early_stopping=0,
                                        report=False), progress=False)
         hostile = hostile_bundles(run / "model", listener.port)
         rows = [run_probe(probe, args.timeout) for probe in cli_probes(digits, run, as_root, hostile)]

@@ -64,7 +64,7 @@ def main() -> None:
     rows = []
     for name, options in runs.items():
         for seed in args.seeds:
-            accuracy, seconds = timed(data, Path(args.out) / f"{name.split(',')[0]}-{len(rows)}", TrainConfig(**common, **options, seed=seed))
+            accuracy, seconds = timed(data, Path(args.out) / f"{name.split(',')[0]}-{len(rows)}", TrainConfig.from_options(**common, **options, seed=seed))
             rows.append({"run": name, "seed": seed, "val_accuracy": round(accuracy, 4), "wall_s": round(seconds, 1)})
     report("transfer", rows, "python bench/transfer.py " + " ".join(sys.argv[1:]))
 

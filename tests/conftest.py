@@ -98,7 +98,7 @@ def digits_dir(tmp_path_factory):
 def trained_run(digits_dir, tmp_path_factory):
     """A run folder trained once for the whole session (read-only for tests)."""
     run_dir = tmp_path_factory.mktemp("runs") / "digits"
-    return train(digits_dir, run_dir, TrainConfig(**{**FAST_CONFIG, "report": True}), progress=False)
+    return train(digits_dir, run_dir, TrainConfig.from_options(**{**FAST_CONFIG, "report": True}), progress=False)
 
 
 @pytest.fixture(scope="module")

@@ -207,11 +207,11 @@ def test_training_refuses_an_image_size_over_the_limit_saying_how_to_raise_it(di
 
 
 def test_image_size_limit_is_a_setting():
-    assert TrainConfig(img_size=2048, max_img_size=2048).validate().img_size == 2048
+    assert TrainConfig.from_options(img_size=2048, max_img_size=2048).validate().data.img_size == 2048
     with pytest.raises(UsageError, match="--img-size must be at least 8 pixels, got 4"):
-        TrainConfig(img_size=4).validate()
+        TrainConfig.from_options(img_size=4).validate()
     with pytest.raises(UsageError, match=r"--max-img-size must be between 8 and 4096 pixels .*got 100000"):
-        TrainConfig(max_img_size=100000).validate()
+        TrainConfig.from_options(max_img_size=100000).validate()
 
 
 # --- saving: no staging folder outlives a save -------------------------------------------------

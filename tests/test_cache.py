@@ -15,6 +15,7 @@ from PIL import Image
 
 from imgcls.data.cache import DecodeCacheOptions, _slot, decode_all, decode_cached
 from imgcls.data.folders import discover
+from imgcls.train.config import RuntimeOptions
 from imgcls.train.run import _decode_split
 
 
@@ -169,9 +170,9 @@ def test_turned_off_it_decodes_and_writes_nothing(photos, tmp_path):
 def test_training_decodes_a_split_once_and_then_says_it_came_from_the_cache(digits_dir, cache_dir, caplog):
     samples = discover(digits_dir).splits["train"]  # (a whole `train` twice is 40 s; this is its decoding step)
     with caplog.at_level(logging.INFO, logger="imgcls.train.run"):
-        first = _decode_split(samples, 32, 10, None, "train")
+        first = _decode_split(samples, 32, 10, RuntimeOptions(), "train")
         assert "from cache" not in caplog.text
-        second = _decode_split(samples, 32, 10, None, "train")
+        second = _decode_split(samples, 32, 10, RuntimeOptions(), "train")
 
     assert f"train: {len(samples)} decoded images from cache ({cache_dir}" in caplog.text
     np.testing.assert_array_equal(second.pixels, first.pixels)
@@ -274,7 +275,7 @@ def test_evaluation_and_look_alikes_after_training_map_the_images_training_decod
 
     from conftest import FAST_CONFIG
 
-    result = train(digits_dir, tmp_path / "run", TrainConfig(**{**FAST_CONFIG, "epochs": 1}), progress=False)
+    result = train(digits_dir, tmp_path / "run", TrainConfig.from_options(**{**FAST_CONFIG, "epochs": 1}), progress=False)
     monkeypatch.setattr("imgcls.data.cache.decode_image", _refuse_to_decode)
 
     metrics, _ = evaluate(result.bundle_dir, digits_dir, split="validation")

@@ -134,7 +134,7 @@ def test_a_manifest_drops_and_relabels_in_training_and_leaves_the_files_alone(co
     assert [decided.classes[i] for i in relabelled[0].labels] == ["red"]
     assert not any(s.path.name in ("off-topic.png", "dark.png") for split in decided.splits.values() for s in split)
 
-    run = train(colours_dir, tmp_path / "run", TrainConfig(**{**FAST_CONFIG, "epochs": 1, "val_split": 0.25,
+    run = train(colours_dir, tmp_path / "run", TrainConfig.from_options(**{**FAST_CONFIG, "epochs": 1, "val_split": 0.25,
                                                               "manifest": str(manifest)}), progress=False)
     summary = json.loads((run.run_dir / "data.json").read_text())
     assert summary["manifest_sha256"] == hashlib.sha256(manifest.read_bytes()).hexdigest()

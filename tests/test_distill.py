@@ -25,7 +25,7 @@ def labelled_batch(classes: int = 5, rows: int = 8) -> tuple[torch.Tensor, torch
 
 
 def test_a_distilled_run_trains_and_records_its_teacher_in_the_bundle(trained_run, digits_dir, tmp_path):
-    result = train(digits_dir, tmp_path / "student", TrainConfig(**{**FAST_CONFIG, "distill_from": str(trained_run.run_dir)}),
+    result = train(digits_dir, tmp_path / "student", TrainConfig.from_options(FAST_CONFIG, distill_from=str(trained_run.run_dir)),
                    progress=False)
     settings = read_bundle_config(result.bundle_dir).settings
     assert settings["distill_from"] == str(trained_run.run_dir.resolve())
@@ -44,7 +44,7 @@ def test_the_teacher_runs_once_over_the_training_images_not_at_every_step(traine
         return original_forward(self, x)
 
     monkeypatch.setattr(CnnBn, "forward", counting_forward)  # the teacher is a cnn-bn, the student a lenet5
-    config = TrainConfig(**{**FAST_CONFIG, "model": "lenet5", "distill_from": str(trained_run.run_dir)})
+    config = TrainConfig.from_options(**{**FAST_CONFIG, "model": "lenet5", "distill_from": str(trained_run.run_dir)})
     train(digits_dir, tmp_path / "student", config, progress=False)
     assert teacher_batches == -(-210 // TEACHER_BATCH)  # 210 training images, no gradients, once
 

@@ -61,7 +61,7 @@ def squares(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cnn_run(squares, tmp_path_factory) -> Path:
-    config = TrainConfig(**{**FAST_CONFIG, "augment": "none"})  # a shifted square would blur "where"
+    config = TrainConfig.from_options(**{**FAST_CONFIG, "augment": "none"})  # a shifted square would blur "where"
     result = train(squares, tmp_path_factory.mktemp("runs") / "cnn", config, progress=False)
     assert result.metrics["accuracy"] == 1.0
     return result.run_dir
@@ -69,7 +69,7 @@ def cnn_run(squares, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def vit_run(squares, tmp_path_factory) -> Path:
-    config = TrainConfig(**{**FAST_CONFIG, "model": "test_vit", "img_size": SIZE, "epochs": 8, "augment": "none"})
+    config = TrainConfig.from_options(**{**FAST_CONFIG, "model": "test_vit", "img_size": SIZE, "epochs": 8, "augment": "none"})
     result = train(squares, tmp_path_factory.mktemp("runs") / "vit", config, progress=False)
     assert result.metrics["accuracy"] >= 0.9
     return result.run_dir

@@ -110,7 +110,7 @@ def test_a_damaged_hash_cache_is_a_warning_and_is_rebuilt(leaky, cache_dir, capl
 
 def test_training_warns_about_leakage_and_leaves_every_hash_for_the_report(leaky, cache_dir, tmp_path, caplog):
     with caplog.at_level(logging.INFO):
-        result = train(leaky, tmp_path / "run", TrainConfig(**{**FAST_CONFIG, "epochs": 1}), progress=False)
+        result = train(leaky, tmp_path / "run", TrainConfig.from_options(**{**FAST_CONFIG, "epochs": 1}), progress=False)
 
     assert "appear in both train and validation/test" in caplog.text
     paths = _all_paths(leaky)

@@ -221,7 +221,7 @@ def test_train_skips_unreadable_and_broken_training_files_and_reports_them(digit
     locked = _unreadable(sorted((digits_copy / "train" / "3").glob("*.png"))[0])
     broken = _dangling(digits_copy / "train" / "4" / "broken.png")
 
-    result = train(digits_copy, tmp_path / "run", TrainConfig(**{**FAST_CONFIG, "epochs": 1}), progress=False)
+    result = train(digits_copy, tmp_path / "run", TrainConfig.from_options(**{**FAST_CONFIG, "epochs": 1}), progress=False)
 
     skipped = {Path(item["path"]).name: item["reason"] for item in result.skipped}
     assert "Permission denied" in skipped[locked.name] and "broken symbolic link" in skipped[broken.name]
@@ -235,12 +235,12 @@ def test_a_class_with_no_readable_training_image_stops_training_naming_it(digits
         _dangling(image)
 
     with pytest.raises(ImgclsError, match=r"no training image of class '3' could be read \(\d+ files, e\.g\. .*train/3/.*broken symbolic link"):
-        train(digits_copy, tmp_path / "run", TrainConfig(**{**FAST_CONFIG, "epochs": 1}), progress=False)
+        train(digits_copy, tmp_path / "run", TrainConfig.from_options(**{**FAST_CONFIG, "epochs": 1}), progress=False)
 
 
 def test_resume_finds_the_data_from_another_working_directory(capsys, digits_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(digits_dir.parent)
-    train(digits_dir.name, tmp_path / "run", TrainConfig(**{**FAST_CONFIG, "epochs": 1}), progress=False)
+    train(digits_dir.name, tmp_path / "run", TrainConfig.from_options(**{**FAST_CONFIG, "epochs": 1}), progress=False)
     assert json.loads((tmp_path / "run/data.json").read_text())["data_dir"] == str(digits_dir.resolve())
 
     (tmp_path / "elsewhere").mkdir()

@@ -208,12 +208,14 @@ def test_defaults_follow_the_mode_and_the_size_of_the_data():
     from imgcls.train.config import TrainConfig
     from imgcls.train.defaults import choose_schedule
 
-    tiny = choose_schedule(TrainConfig(model="efficientnet_lite0", pretrained=True), 75)
-    assert tiny.batch_size == 8 and tiny.epochs == 30  # 8 steps per epoch; 30 epochs is the cap
-    assert tiny.lr == pytest.approx(4e-4 * 8 / 64)  # fine-tuning's rate, scaled to the batch
-    large = choose_schedule(TrainConfig(model="efficientnet_lite0", pretrained=True), 5000)
-    assert large.batch_size == 32 and large.epochs == 5
-    scratch = choose_schedule(TrainConfig(model="cnn-bn", pretrained=False), 5000)
+    tiny = choose_schedule(TrainConfig.from_options(model="efficientnet_lite0", pretrained=True), 75)
+    assert tiny.optimisation.batch_size == 8 and tiny.optimisation.epochs == 30  # 8 steps per epoch; 30 epochs is the cap
+    assert tiny.optimisation.lr == pytest.approx(4e-4 * 8 / 64)  # fine-tuning's rate, scaled to the batch
+    large = choose_schedule(TrainConfig.from_options(model="efficientnet_lite0", pretrained=True), 5000)
+    assert large.optimisation.batch_size == 32 and large.optimisation.epochs == 5
+    scratch = choose_schedule(TrainConfig.from_options(model="cnn-bn", pretrained=False), 5000)
+    scratch = scratch.optimisation
     assert (scratch.batch_size, scratch.epochs, scratch.lr) == (64, 30, None)  # lr None: the optimizer's default
-    asked = choose_schedule(TrainConfig(model="efficientnet_lite0", pretrained=True, batch_size=64, epochs=3, lr=1e-3), 75)
+    given = dict(batch_size=64, epochs=3, lr=1e-3)
+    asked = choose_schedule(TrainConfig.from_options(model="efficientnet_lite0", pretrained=True, **given), 75).optimisation
     assert (asked.batch_size, asked.epochs, asked.lr) == (64, 3, 1e-3)  # what the user gives is kept

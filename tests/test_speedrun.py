@@ -66,7 +66,7 @@ def test_shift_preset_moves_digits_without_mirroring_them():
 
 def test_triangular_schedule_rises_linearly_then_falls_to_zero():
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.4)
-    schedule = build_scheduler(optimizer, TrainConfig(schedule="triangular", warmup_fraction=0.2), total_steps=100)
+    schedule = build_scheduler(optimizer, TrainConfig.from_options(schedule="triangular", warmup_fraction=0.2), total_steps=100)
     lrs = []
     for _ in range(100):
         lrs.append(optimizer.param_groups[0]["lr"])
@@ -78,14 +78,16 @@ def test_triangular_schedule_rises_linearly_then_falls_to_zero():
 
 
 def test_recipe_gives_defaults_and_explicit_options_win():
-    config = TrainConfig.from_recipe("speedrun", epochs=3, batch_size=64)
-    assert (config.model, config.augment, config.tta, config.schedule) == ("speedrun-cnn", "speedrun", "flip-shift", "triangular")
-    assert (config.epochs, config.batch_size) == (3, 64)
-    recipe = TrainConfig.from_recipe("speedrun")
-    assert config.lr == pytest.approx(recipe.lr * 64 / recipe.batch_size)  # the recipe's lr follows its batch size
-    assert TrainConfig.from_recipe("speedrun", batch_size=64, lr=0.1).lr == 0.1  # unless lr is given
+    config = TrainConfig.from_options(recipe="speedrun", epochs=3, batch_size=64)
+    assert (config.model.architecture, config.data.augment, config.model.tta) == ("speedrun-cnn", "speedrun", "flip-shift")
+    assert config.optimisation.schedule == "triangular"
+    assert (config.optimisation.epochs, config.optimisation.batch_size) == (3, 64)
+    recipe = TrainConfig.from_options(recipe="speedrun")
+    # the recipe's lr follows its batch size
+    assert config.optimisation.lr == pytest.approx(recipe.optimisation.lr * 64 / recipe.optimisation.batch_size)
+    assert TrainConfig.from_options(recipe="speedrun", batch_size=64, lr=0.1).optimisation.lr == 0.1  # unless lr is given
     with pytest.raises(UsageError, match="unknown recipe 'sppedrun'.*did you mean 'speedrun'"):
-        TrainConfig.from_recipe("sppedrun")
+        TrainConfig.from_options(recipe="sppedrun")
 
 
 def test_speedrun_recipe_trains_a_bundle_that_predicts_with_its_tta(digits_dir, tmp_path, capsys):
@@ -120,7 +122,7 @@ def test_speedrun_cnn_starts_as_identity_convs_and_trains_only_batchnorm_shifts(
     passthrough[torch.arange(64), torch.arange(64), 1, 1] = 1
     assert torch.equal(conv.weight[:64], passthrough)
     norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    optimizer = build_optimizer(model, TrainConfig.from_recipe("speedrun"))
+    optimizer = build_optimizer(model, TrainConfig.from_options(recipe="speedrun"))
     before = [(n.weight.clone(), n.bias.clone()) for n in norms]
     model.train()
     keep_frozen_batchnorm_in_eval(model)
@@ -167,7 +169,7 @@ def test_too_few_steps_per_epoch_are_flagged_with_a_batch_size_that_fits(caplog)
 
 
 def test_whitening_is_fitted_from_the_training_images_before_training(digits_dir, tmp_path):
-    config = TrainConfig.from_recipe("speedrun", epochs=1, batch_size=32, report=False)
+    config = TrainConfig.from_options(recipe="speedrun", epochs=1, batch_size=32, report=False)
     model, _ = load_bundle(train(digits_dir, tmp_path / "run", config, progress=False).bundle_dir)
     fresh = SpeedrunCNN(num_classes=10)
     assert not torch.allclose(model.net.whiten.weight, fresh.whiten.weight)
@@ -182,7 +184,7 @@ def test_precision_follows_the_device_and_the_users_choice():
     with pytest.raises(UsageError, match="unknown precision 'fp8'"):
         compute_dtype(cpu, "fp8")
     with pytest.raises(UsageError, match="unknown precision"):
-        TrainConfig(precision="half").validate()
+        TrainConfig.from_options(precision="half").validate()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

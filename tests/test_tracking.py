@@ -14,7 +14,7 @@ def test_tensorboard_gets_every_epoch_the_settings_and_the_plots(digits_dir, tmp
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    result = train(digits_dir, tmp_path / "run", TrainConfig(**FAST_CONFIG, logger="tensorboard"), progress=False)
+    result = train(digits_dir, tmp_path / "run", TrainConfig.from_options(**FAST_CONFIG, logger="tensorboard"), progress=False)
 
     events = EventAccumulator(str(tmp_path / "run" / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
     events.Reload()
@@ -30,7 +30,7 @@ def test_mlflow_gets_the_settings_as_parameters_and_the_metrics_per_epoch(digits
     from mlflow.tracking import MlflowClient
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    result = train(digits_dir, tmp_path / "run", TrainConfig(**FAST_CONFIG, logger="mlflow"), progress=False)
+    result = train(digits_dir, tmp_path / "run", TrainConfig.from_options(**FAST_CONFIG, logger="mlflow"), progress=False)
 
     client = MlflowClient(tracking_uri=(tmp_path / "run" / "mlruns").as_uri())
     [run] = client.search_runs([client.get_experiment_by_name("imgcls").experiment_id])
@@ -44,4 +44,4 @@ def test_mlflow_gets_the_settings_as_parameters_and_the_metrics_per_epoch(digits
 
 def test_an_unknown_logger_is_a_usage_error_naming_the_choices():
     with pytest.raises(UsageError, match="unknown logger 'tensorbord'; did you mean 'tensorboard'"):
-        TrainConfig(logger="tensorbord").validate()
+        TrainConfig.from_options(logger="tensorbord").validate()

@@ -27,7 +27,8 @@ def _weights(run_dir):
 
 
 def test_init_from_continues_the_source_architecture_size_and_weights(trained_run, digits_dir, tmp_path):
-    result = train(digits_dir, tmp_path / "run", TrainConfig(**{**TRANSFER, "epochs": 1}, init_from=str(trained_run.run_dir), mode="freeze"),
+    config = TrainConfig.from_options(TRANSFER, epochs=1, init_from=str(trained_run.run_dir), mode="freeze")
+    result = train(digits_dir, tmp_path / "run", config,
                    progress=False)
     config = json.loads((result.bundle_dir / "config.json").read_text())
     assert config["architecture"] == "cnn-bn" and config["img_size"] == 32
@@ -38,7 +39,7 @@ def test_init_from_continues_the_source_architecture_size_and_weights(trained_ru
 
 def test_init_from_with_another_architecture_is_a_clear_error(trained_run, digits_dir, tmp_path):
     with pytest.raises(ImgclsError, match="is a 'cnn-bn' but --model is 'lenet5'"):
-        train(digits_dir, tmp_path / "run", TrainConfig(**TRANSFER, model="lenet5", init_from=str(trained_run.run_dir)))
+        train(digits_dir, tmp_path / "run", TrainConfig.from_options(**TRANSFER, model="lenet5", init_from=str(trained_run.run_dir)))
 
 
 def test_frozen_backbone_without_augmentation_fits_the_head_on_features_computed_once(trained_run, digits_dir, tmp_path, monkeypatch):
@@ -52,7 +53,7 @@ def test_frozen_backbone_without_augmentation_fits_the_head_on_features_computed
         return original_forward(self, x)
 
     monkeypatch.setattr(CnnBn, "forward_features", counting_forward)
-    config = TrainConfig(**{**TRANSFER, "epochs": 6}, init_from=str(trained_run.run_dir), mode="freeze", augment="none")
+    config = TrainConfig.from_options(**{**TRANSFER, "epochs": 6}, init_from=str(trained_run.run_dir), mode="freeze", augment="none")
     result = train(digits_dir, tmp_path / "cached", config, progress=False)
     batches_per_pass = -(-210 // FEATURE_BATCH) + -(-40 // FEATURE_BATCH)  # train + validation features, once each
     final_pass = -(-40 // 128)  # validation predictions of the saved model
@@ -61,7 +62,7 @@ def test_frozen_backbone_without_augmentation_fits_the_head_on_features_computed
 
 
 def test_finetune_trains_the_head_first_then_everything_with_layer_wise_rates(trained_run, digits_dir, tmp_path):
-    config = TrainConfig(**{**TRANSFER, "epochs": 2}, init_from=str(trained_run.run_dir), mode="finetune", head_epochs=1)
+    config = TrainConfig.from_options(**{**TRANSFER, "epochs": 2}, init_from=str(trained_run.run_dir), mode="finetune", head_epochs=1)
     result = train(digits_dir, tmp_path / "run", config, progress=False)
     checkpoint = torch.load(result.run_dir / "checkpoint.pt", weights_only=True)
     rates = sorted({group["initial_lr"] for group in checkpoint["optimizer"]["param_groups"]})  # before the schedule
@@ -97,7 +98,7 @@ FROZEN_WHEN_FINETUNING = {
 @pytest.mark.parametrize("name", FROZEN_WHEN_FINETUNING)
 def test_finetuning_a_pretrained_backbone_freezes_its_stem_and_first_blocks(name):
     model = Classifier(create_model(name, num_classes=3, img_size=224))
-    frozen = frozen_early_layers(model, TrainConfig().layer_decay)
+    frozen = frozen_early_layers(model, TrainConfig().model.layer_decay)
     expected = {n for n, _ in model.named_parameters() if n.removeprefix("net.").startswith(FROZEN_WHEN_FINETUNING[name])}
     assert frozen == expected
 

@@ -60,8 +60,9 @@ def train(data: str | Path | None = None, out: str | Path | None = None, *, reci
           **options: Any) -> TrainResult:
     """Train a classifier on the image folder `data` and write the run to `out` (default: a new
     runs/<data folder name>; an `out` that holds a run already is refused with a UsageError, as the command
-    refuses it: resume=True continues that run). `options` are TrainConfig's fields (epochs=10, model="resnet18", ...), over
-    `recipe`'s defaults if one is named; resume=True continues the interrupted run in `out`.
+    refuses it: resume=True continues that run). `options` are TrainConfig's, by their flat names (epochs=10,
+    model="resnet18", ...; imgcls.train.config.OPTIONS), over `recipe`'s defaults if one is named; resume=True
+    continues the interrupted run in `out`.
     Deeper control from Python: `callbacks`, imgcls.Callback instances whose hooks the loop calls;
     `optimizer`, a function of the model (lambda model: torch.optim.SGD(model.parameters(), lr=0.01));
     `scheduler`, a function of the optimizer and the run's number of optimizer steps, stepped after each

@@ -12,7 +12,7 @@ from .rundir import choose_run_dir
 from .train.config import TrainConfig
 from .train.run import train
 
-DEMO_CONFIG = TrainConfig(model="cnn-bn", epochs=8, batch_size=64, img_size=32)
+DEMO_CONFIG = TrainConfig.from_options(model="cnn-bn", epochs=8, batch_size=64, img_size=32)
 
 
 def run_demo(out_dir: str | Path, progress: bool = True) -> tuple[dict[str, Path], dict]:

@@ -16,7 +16,6 @@ import select
 import shlex
 import sys
 import time
-from dataclasses import asdict, fields
 from pathlib import Path
 
 # Only light modules here and in the parser builders: `imgcls --help` answers without importing torch,
@@ -160,7 +159,7 @@ def _train_parser(commands) -> None:
     d = TrainConfig()
     # Options left out are absent from the namespace (SUPPRESS), so a --recipe's values apply only where the user gave none.
     p = commands.add_parser("train", help="train a classifier on a folder of images", epilog=EPILOG_TRAIN,
-                            formatter_class=functools.partial(_HelpFormatter, defaults=asdict(d)),
+                            formatter_class=functools.partial(_HelpFormatter, defaults=d.options()),
                             argument_default=argparse.SUPPRESS)
     p.set_defaults(func=cmd_train)
     p.add_argument("data", nargs="?", default=None, help="image folder (optional with --resume)")
@@ -217,7 +216,7 @@ def _train_parser(commands) -> None:
     g.add_argument("--ema", type=float, metavar="DECAY", help="average the weights (e.g. 0.999); 0 = off")
     g.add_argument("--lookahead", action=argparse.BooleanOptionalAction,
                    help="every 5 steps pull the weights to their slow average, ending on it")
-    g.add_argument("--momentum", type=float, help=f"SGD momentum (default {d.momentum})")
+    g.add_argument("--momentum", type=float, help=f"SGD momentum (default {d.optimisation.momentum})")
     g.add_argument("--norm-lr-scale", type=float, metavar="X", help="lr multiplier for normalisation layers (default 1)")
     g.add_argument("--class-weights", action="store_true", help="weight the loss against class imbalance")
     g.add_argument("--grad-clip", type=float, metavar="NORM")
@@ -476,17 +475,17 @@ def cmd_train(args) -> int:
     from .. import distributed
     from ..rundir import RunDir, choose_run_dir
     from ..runtime import resolve_device
-    from ..train.config import TrainConfig, read_settings
+    from ..train.config import OPTIONS, TrainConfig, read_settings
     from ..train.run import train
 
     file_data, file_options = read_settings(args.config) if args.config else (None, {})
     args.data = args.data or file_data  # DATA given here wins over the file's, as every option does
     if args.nproc is not None:
         return _launch_processes(args)
-    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
+    given = {name: getattr(args, name) for name in OPTIONS if getattr(args, name, None) is not None}
     config = TrainConfig.from_options({**file_options, **given}, args.recipe)
     # Under torchrun every process runs this; they agree on one run folder, process 0's.
-    ranks, _ = distributed.join(resolve_device(config.device))
+    ranks, _ = distributed.join(resolve_device(config.runtime.device))
     if args.resume:
         run, resume = RunDir(args.resume), True
     elif distributed.restarted() and args.out and RunDir(args.out).checkpoint.exists():  # torchrun --max-restarts

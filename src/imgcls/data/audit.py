@@ -209,17 +209,23 @@ def _warnings(report: dict) -> list[str]:
     return found
 
 
-def find_leakage(dataset: LabelledImages, records: Mapping[Path, FileRecord] | None = None) -> list[dict]:
+def _store(cache: DecodeCacheOptions | None) -> Path | None:
+    """The decode cache directory, beside which the file hash store lives (data.hashes)."""
+    return (cache or DecodeCacheOptions.from_environment()).directory
+
+
+def find_leakage(dataset: LabelledImages, records: Mapping[Path, FileRecord] | None = None,
+                 cache: DecodeCacheOptions | None = None) -> list[dict]:
     """Groups of byte-identical files shared between train and validation/test.
 
     Each group is shaped like the audit's 'exact_duplicates' ({'paths', 'splits', ...}). `records` are the
     files' hashes already in hand (training's decode pass computes them); the others come from the store,
-    or a read of the file.
+    or a read of the file; the store is in `cache`'s directory (None: the environment's).
     """
     entries = _entries(dataset)
     known = records or {}
     missing = [sample.path for _, sample in entries if sample.path not in known]
-    found = {**dict(zip(missing, file_records(missing, DecodeCacheOptions.from_environment().directory, "checking for leakage"))), **known}
+    found = {**dict(zip(missing, file_records(missing, _store(cache), "checking for leakage"))), **known}
     digests = [found[sample.path].sha256 for _, sample in entries]
     digests = [None if digest == EMPTY_SHA256 else digest for digest in digests]
     groups = [_group(indices, entries, dataset.classes) for indices in _indices_by_key(digests)]
@@ -234,14 +240,16 @@ def audit(root, val_split: float = 0.2, seed: int = 0, near_duplicates: bool = T
     return audit_dataset(discover(root, val_split=val_split, seed=seed), near_duplicates, hash_distance)
 
 
-def audit_dataset(dataset: LabelledImages, near_duplicates: bool = True, hash_distance: int = 4) -> dict:
-    """The audit of a dataset already discovered, split as it is: training audits its own split for the report."""
+def audit_dataset(dataset: LabelledImages, near_duplicates: bool = True, hash_distance: int = 4,
+                  cache: DecodeCacheOptions | None = None) -> dict:
+    """The audit of a dataset already discovered, split as it is: training audits its own split for the report.
+    The files' hashes come from the store in `cache`'s directory (None: the environment's), else a read."""
     if not 0 <= hash_distance <= MAX_HASH_DISTANCE:
         raise ImgclsError(f"hash_distance must be between 0 and {MAX_HASH_DISTANCE} bits, got {hash_distance}; "
                           "4 finds resized or re-encoded copies")
     entries = _entries(dataset)
     log.info("auditing %d images under '%s'", len(entries), dataset.root)
-    infos = file_records([sample.path for _, sample in entries], DecodeCacheOptions.from_environment().directory, "auditing")
+    infos = file_records([sample.path for _, sample in entries], _store(cache), "auditing")
     exact = _indices_by_key([info.sha256 if info.error is None else None for info in infos])
     near = _near_duplicate_groups(infos, hash_distance) if near_duplicates else None
     table = dataset.counts()

@@ -124,7 +124,7 @@ class EpochLog(Callback):
 
     def on_epoch_end(self, trainer, logs):
         log.info("epoch %d/%d  loss %.4f  acc %.4f  val_loss %.4f  val_acc %.4f  lr %.2e  (%.1fs)",
-                 logs["epoch"], trainer.config.epochs, logs["train_loss"], logs["train_accuracy"],
+                 logs["epoch"], trainer.config.optimisation.epochs, logs["train_loss"], logs["train_accuracy"],
                  logs["val_loss"], logs["val_accuracy"], logs["lr"], logs["seconds"])
 
 
@@ -137,7 +137,7 @@ class ProgressBar(Callback):
     def on_epoch_begin(self, trainer):
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=len(trainer.train_batches), desc=f"epoch {trainer.epoch + 1}/{trainer.config.epochs}",
+        self.bar = tqdm(total=len(trainer.train_batches), desc=f"epoch {trainer.epoch + 1}/{trainer.config.optimisation.epochs}",
                         unit="batch", leave=False, dynamic_ncols=True, disable=None)
 
     def on_batch_end(self, trainer, logs):

@@ -1,4 +1,4 @@
-"""Every training choice in one dataclass; the checkpoint stores it so --resume rebuilds exactly.
+"""Every training choice, in one dataclass per concern; the checkpoint stores it so --resume rebuilds exactly.
 
 A run also writes its settings, every option as used, as a YAML file (train.run names it); here they
 are written and read back, so that `imgcls train --config RUN/args.yaml` trains with the same options.
@@ -7,11 +7,15 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import ImgclsError, UsageError, did_you_mean
 from ..runtime import PRECISIONS
+
+if TYPE_CHECKING:  # data.cache imports torch, which `imgcls --help` should not wait for
+    from ..data.cache import DecodeCacheOptions
 
 OPTIMIZERS = ("adamw", "adam", "sgd", "rmsprop")
 SCHEDULES = ("onecycle", "triangular", "cosine", "constant", "plateau")
@@ -35,60 +39,59 @@ RECIPES = {
 }
 
 
+def option(default=None, *, help: str, name: str | None = None, saved: bool = True):
+    """A field of an options section: `help` says why its default is what it is; `name` is its flat option name
+    (--model, imgcls.train(model=...)) where the field's own name differs; saved=False keeps it out of
+    args.yaml and the checkpoint (what belongs to the machine, not to the run)."""
+    return field(default=default, metadata={"help": help, "name": name, "saved": saved})
+
+
 @dataclass
-class TrainConfig:
-    # None below: chosen for the data by train.defaults (photos: pretrained efficientnet_lite0; thumbnails: cnn-bn)
-    model: str | None = None  # or the --init-from bundle's architecture
-    img_size: int | None = None  # pretrained: its training size; scratch: the design size, or the images' if smaller
-    max_img_size: int = 1024  # a typo like 100000 px would reserve ~900 GB of decode cache and fail with ENOMEM
-    epochs: int | None = None  # scratch 30; transfer: ~10k images seen, 5-30 epochs
-    batch_size: int | None = None  # scratch 64, transfer 32; halved until an epoch has 8 steps
-    time_budget_s: float | None = None  # --time: epochs chosen so the whole run ends within it
-    optimizer: str = "adamw"  # robust across architectures with no tuning
-    lr: float | None = None  # None: DEFAULT_LR_AT_64 (fine-tuning: a fifth of it) scaled to batch_size
-    weight_decay: float | None = None  # None: DEFAULT_WEIGHT_DECAY (the L2 of Keras tutorials)
-    momentum: float = 0.9  # SGD's (Nesterov)
-    norm_lr_scale: float = 1.0  # lr multiplier for normalisation layers' parameters (the speed runs train BN shifts 64x faster)
-    schedule: str = "onecycle"  # warm-up then cosine decay: fastest to a good model at a fixed budget
-    warmup_fraction: float = 0.15  # of all steps, for onecycle and triangular
-    plateau_patience: int = 3  # epochs without val-loss improvement before lr *= plateau_factor
-    plateau_factor: float = 0.5
-    early_stopping: int = 10  # epochs without val-loss improvement before stopping (0 = off); best weights restored
-    ema: float = 0.0  # decay of an exponential moving average of the weights (e.g. 0.999; 0 = off)
-    lookahead: bool = False  # pull the weights to their slow average every 5 steps, ending on it (callbacks.Lookahead)
-    label_smoothing: float = 0.1  # single-label only; better calibrated and slightly more accurate
-    class_weights: bool = False  # weight the loss by inverse class frequency, for imbalanced data
-    grad_clip: float = 0.0  # max gradient norm (0 = off)
-    augment: str = "standard"
-    tta: str = "none"  # test-time augmentation stored in the bundle for predict/evaluate/serve (none, flip)
-    multi_label: bool = False
-    labels_csv: str | None = None  # multi-label: path,labels CSV (labels ';'-separated)
-    manifest: str | None = None  # path,action,label CSV of review decisions (data.manifest): drops and relabels
-    pretrained: bool | None = None  # None: yes for a timm model on photos, when its weights can be had
-    weights: str | None = None  # local checkpoint to start from
-    init_from: str | None = None  # an imgcls bundle to start from (train on one dataset, transfer to another)
-    distill_from: str | None = None  # a (larger) imgcls bundle to distil from, trained on the same classes (train.distill)
-    distill_temperature: float = 4.0  # softens the teacher's answers so the small ones carry signal (Hinton et al. use 1-20)
-    distill_alpha: float = 0.9  # weight of the teacher's term; 1 - alpha goes to the labels
-    mode: str = "auto"  # scratch | freeze | finetune; auto: finetune when starting from weights, else scratch
-    head_epochs: int = 0  # finetune: head-only epochs before the backbone unfreezes (0: the head starts as a linear probe)
-    cache_features: bool = True  # freeze + augment none: train the head on backbone features computed once
-    layer_decay: float = 0.7  # finetune: lr multiplier per block towards the input (1 = same lr everywhere)
-    val_split: float = 0.2  # used only when the data has no validation folder
-    test_split: float = 0.0
-    seed: int = 0
-    logger: str = "csv"  # experiment tracking: csv (history.csv only), tensorboard or mlflow (train.tracking)
-    report: bool = True  # write report.html at the end (~2 s on small data; its audit reuses the decode pass's file hashes)
-    device: str = "auto"  # auto: cuda if available, else cpu
-    precision: str = "auto"  # auto: bf16 autocast on CUDA and on CPUs with native bf16, else fp32
-    compile: bool = False  # torch.compile the training step's model; slower on a 2-core CPU (bench/compile.py), so off
-    workers: int | None = None  # decode threads; None: every core
+class DataOptions:
+    """Which images train, how they are split and labelled, and at what size they are decoded."""
 
-    def resolved_lr(self) -> float:
-        return self.lr if self.lr is not None else DEFAULT_LR_AT_64[self.optimizer] * self.batch_size / 64
+    img_size: int | None = option(help="pretrained: its training size; scratch: the design size, or the images' if smaller")
+    max_img_size: int = option(1024, help="a typo like 100000 px would reserve ~900 GB of decode cache and fail with ENOMEM")
+    val_split: float = option(0.2, help="used only when the data has no validation folder")
+    test_split: float = option(0.0, help="share of the images held out for a final test, when there is no test folder")
+    multi_label: bool = option(False, help="several labels per image (sigmoid per class) instead of one")
+    labels_csv: str | None = option(help="multi-label: path,labels CSV (labels ';'-separated)")
+    manifest: str | None = option(help="path,action,label CSV of review decisions (data.manifest): drops and relabels")
+    augment: str = option("standard", help="a preset of data.augment.AUGMENT_PRESETS")
 
-    def resolved_weight_decay(self) -> float:
-        return self.weight_decay if self.weight_decay is not None else DEFAULT_WEIGHT_DECAY[self.optimizer]
+    def validate(self) -> None:
+        from ..data.augment import AUGMENT_PRESETS
+        from ..models.bundle import MAX_BUNDLE_IMG_SIZE, MIN_IMG_SIZE
+
+        _check_choice("augment", self.augment, AUGMENT_PRESETS)
+        if not MIN_IMG_SIZE <= self.max_img_size <= MAX_BUNDLE_IMG_SIZE:
+            raise UsageError(f"--max-img-size must be between {MIN_IMG_SIZE} and {MAX_BUNDLE_IMG_SIZE} pixels "
+                             f"(a bundle may not declare more), got {self.max_img_size}")
+        if self.img_size is not None and self.img_size < MIN_IMG_SIZE:
+            raise UsageError(f"--img-size must be at least {MIN_IMG_SIZE} pixels, got {self.img_size}")
+        if self.img_size is not None and self.img_size > self.max_img_size:
+            raise UsageError(f"--img-size {self.img_size} is over the {self.max_img_size}-pixel limit; "
+                             f"pass --max-img-size N to allow more (up to {MAX_BUNDLE_IMG_SIZE})")
+        for flag, value in (("--val-split", self.val_split), ("--test-split", self.test_split)):
+            if not 0 <= value < 1:
+                raise UsageError(f"{flag} is a share of the images in [0, 1), e.g. 0.2; got {value}")
+
+
+@dataclass
+class ModelOptions:
+    """Which network, which weights it starts from, and how those weights are adapted to the data."""
+
+    architecture: str | None = option(name="model", help="None: chosen for the data by train.defaults (photos: "
+                                      "pretrained efficientnet_lite0; thumbnails: cnn-bn), or the --init-from bundle's")
+    pretrained: bool | None = option(help="None: yes for a timm model on photos, when its weights can be had")
+    weights: str | None = option(help="local checkpoint to start from")
+    init_from: str | None = option(help="an imgcls bundle to start from (train on one dataset, transfer to another)")
+    mode: str = option("auto", help="scratch | freeze | finetune; auto: finetune when starting from weights, else scratch")
+    head_epochs: int = option(0, help="finetune: head-only epochs before the backbone unfreezes (0: the head starts "
+                                      "as a linear probe)")
+    cache_features: bool = option(True, help="freeze + augment none: train the head on backbone features computed once")
+    layer_decay: float = option(0.7, help="finetune: lr multiplier per block towards the input (1 = same lr everywhere)")
+    tta: str = option("none", help="test-time augmentation stored in the bundle for predict/evaluate/serve (none, flip)")
 
     def starts_from_pretrained_weights(self) -> bool:
         """timm's weights or a local file of them: trained at the architecture's size, on other images."""
@@ -100,92 +103,194 @@ class TrainConfig:
             return "finetune" if starts_trained else "scratch"
         return self.mode
 
-    def validate(self) -> "TrainConfig":
-        from ..data.augment import AUGMENT_PRESETS
+    def validate(self) -> None:
         from ..models.classifier import TTA_MODES
-        from ..choices import LOGGERS
 
-        for name, choices in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("augment", AUGMENT_PRESETS),
-                              ("mode", MODES), ("tta", TTA_MODES), ("precision", PRECISIONS), ("logger", LOGGERS)):
-            value = getattr(self, name)
-            if value not in choices:
-                raise UsageError(f"unknown {name} '{value}'{did_you_mean(value, choices)} (choose from {', '.join(choices)})")
+        _check_choice("mode", self.mode, MODES)
+        _check_choice("tta", self.tta, TTA_MODES)
+        if not 0 < self.layer_decay <= 1:
+            raise UsageError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
+        if self.architecture is not None:
+            self._validate_architecture()
+
+    def _validate_architecture(self) -> None:
+        """An unknown --model is a mistake on the command line (exit 2); in a bundle it is damage (exit 1)."""
+        from ..models.registry import check_model_name
+
+        try:
+            check_model_name(self.architecture)
+        except ImgclsError as err:
+            raise UsageError(str(err)) from None
+
+
+@dataclass
+class OptimisationOptions:
+    """How long and how the weights are optimised: epochs, batch, optimiser, schedule, regularisation, loss."""
+
+    epochs: int | None = option(help="None: scratch 30; transfer: ~10k images seen, 5-30 epochs")
+    batch_size: int | None = option(help="None: scratch 64, transfer 32; halved until an epoch has 8 steps")
+    time_budget_s: float | None = option(help="--time: epochs chosen so the whole run ends within it")
+    optimizer: str = option("adamw", help="robust across architectures with no tuning")
+    lr: float | None = option(help="None: DEFAULT_LR_AT_64 (fine-tuning: a fifth of it) scaled to batch_size")
+    weight_decay: float | None = option(help="None: DEFAULT_WEIGHT_DECAY (the L2 of Keras tutorials)")
+    momentum: float = option(0.9, help="SGD's (Nesterov)")
+    norm_lr_scale: float = option(1.0, help="lr multiplier for normalisation layers' parameters (the speed runs train "
+                                            "BN shifts 64x faster)")
+    schedule: str = option("onecycle", help="warm-up then cosine decay: fastest to a good model at a fixed budget")
+    warmup_fraction: float = option(0.15, help="of all steps, for onecycle and triangular")
+    plateau_patience: int = option(3, help="epochs without val-loss improvement before lr *= plateau_factor")
+    plateau_factor: float = option(0.5, help="the lr's multiplier at each plateau")
+    early_stopping: int = option(10, help="epochs without val-loss improvement before stopping (0 = off); best weights restored")
+    ema: float = option(0.0, help="decay of an exponential moving average of the weights (e.g. 0.999; 0 = off)")
+    lookahead: bool = option(False, help="pull the weights to their slow average every 5 steps, ending on it (callbacks.Lookahead)")
+    label_smoothing: float = option(0.1, help="single-label only; better calibrated and slightly more accurate")
+    class_weights: bool = option(False, help="weight the loss by inverse class frequency, for imbalanced data")
+    grad_clip: float = option(0.0, help="max gradient norm (0 = off)")
+    distill_from: str | None = option(help="a (larger) imgcls bundle to distil from, trained on the same classes (train.distill)")
+    distill_temperature: float = option(4.0, help="softens the teacher's answers so the small ones carry signal "
+                                                  "(Hinton et al. use 1-20)")
+    distill_alpha: float = option(0.9, help="weight of the teacher's term; 1 - alpha goes to the labels")
+
+    def resolved_lr(self) -> float:
+        return self.lr if self.lr is not None else DEFAULT_LR_AT_64[self.optimizer] * self.batch_size / 64
+
+    def resolved_weight_decay(self) -> float:
+        return self.weight_decay if self.weight_decay is not None else DEFAULT_WEIGHT_DECAY[self.optimizer]
+
+    def validate(self) -> None:
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("schedule", self.schedule, SCHEDULES)
         for name in ("epochs", "batch_size"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UsageError(f"{name} must be at least 1, got {getattr(self, name)}")
-        self._validate_img_size()
-        for flag, value in (("--val-split", self.val_split), ("--test-split", self.test_split)):
-            if not 0 <= value < 1:
-                raise UsageError(f"{flag} is a share of the images in [0, 1), e.g. 0.2; got {value}")
-        if self.model is not None:
-            self._validate_model_name()
         if not 0 <= self.momentum < 1:
             raise UsageError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.norm_lr_scale <= 0:
             raise UsageError(f"norm_lr_scale must be positive, got {self.norm_lr_scale}")
         if not 0 <= self.ema < 1:
             raise UsageError(f"ema is a decay in [0, 1), e.g. 0.999; got {self.ema}")
-        if not 0 < self.layer_decay <= 1:
-            raise UsageError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
         if self.lr is not None and self.lr <= 0:
             raise UsageError(f"lr must be positive, got {self.lr}")
         if self.distill_temperature <= 0:
             raise UsageError(f"--distill-temperature must be positive, e.g. 4; got {self.distill_temperature}")
         if not 0 <= self.distill_alpha <= 1:
             raise UsageError(f"--distill-alpha is the teacher's weight in [0, 1], e.g. 0.9; got {self.distill_alpha}")
-        if self.distill_from is not None and self.multi_label:
-            raise UsageError("--distill-from distils single-label models; leave it out with --multi-label")
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise UsageError(f"time must be positive, e.g. 10m or 90s; got {self.time_budget_s} s")
+
+
+@dataclass
+class RuntimeOptions:
+    """Where and how the run executes; none of it changes what a run learns, except the seed."""
+
+    seed: int = option(0, help="the split, the initial weights, the augmentations' and batches' order")
+    device: str = option("auto", help="auto: cuda if available, else cpu")
+    precision: str = option("auto", help="auto: bf16 autocast on CUDA and on CPUs with native bf16, else fp32")
+    compile: bool = option(False, help="torch.compile the training step's model; slower on a 2-core CPU (bench/compile.py), so off")
+    workers: int | None = option(help="decode threads; None: every core")
+    decode_cache: DecodeCacheOptions | None = option(saved=False, help="where decoded images persist between runs; None: "
+                                                     "the environment's (the machine's, so not saved with the run)")
+
+    def resolved_decode_cache(self) -> DecodeCacheOptions:
+        from ..data.cache import DecodeCacheOptions
+
+        return self.decode_cache if self.decode_cache is not None else DecodeCacheOptions.from_environment()
+
+    def validate(self) -> None:
+        from ..data.cache import DecodeCacheOptions
+
+        _check_choice("precision", self.precision, PRECISIONS)
+        if self.decode_cache is not None and not isinstance(self.decode_cache, DecodeCacheOptions):
+            raise UsageError(f"decode_cache must be an imgcls.data.cache.DecodeCacheOptions, got {self.decode_cache!r}")
+
+
+@dataclass
+class OutputOptions:
+    """What a run writes beside its bundle."""
+
+    logger: str = option("csv", help="experiment tracking: csv (history.csv only), tensorboard or mlflow (train.tracking)")
+    report: bool = option(True, help="write report.html at the end (~2 s on small data; its audit reuses the decode "
+                                     "pass's file hashes)")
+
+    def validate(self) -> None:
+        from ..choices import LOGGERS
+
+        _check_choice("logger", self.logger, LOGGERS)
+
+
+def _check_choice(name: str, value: str, choices) -> None:
+    if value not in choices:
+        raise UsageError(f"unknown {name} '{value}'{did_you_mean(value, choices)} (choose from {', '.join(choices)})")
+
+
+SECTIONS = {"data": DataOptions, "model": ModelOptions, "optimisation": OptimisationOptions,
+            "runtime": RuntimeOptions, "output": OutputOptions}
+# Flat option name (the command line's and imgcls.train's) -> (section, field): every name is unique across sections.
+OPTIONS = {(f.metadata["name"] or f.name): (section, f.name) for section, cls in SECTIONS.items() for f in fields(cls)}
+SAVED_OPTIONS = [name for name, (section, attribute) in OPTIONS.items()
+                 if SECTIONS[section].__dataclass_fields__[attribute].metadata["saved"]]
+
+
+@dataclass
+class TrainConfig:
+    """Every training choice, by concern. Built and changed through flat option names (from_options,
+    with_options, options), the names of the command line, imgcls.train(**options), args.yaml and the
+    checkpoint; read by section: config.optimisation.lr, config.model.architecture."""
+
+    data: DataOptions = field(default_factory=DataOptions)
+    model: ModelOptions = field(default_factory=ModelOptions)
+    optimisation: OptimisationOptions = field(default_factory=OptimisationOptions)
+    runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
+    output: OutputOptions = field(default_factory=OutputOptions)
+
+    def validate(self) -> "TrainConfig":
+        for section in SECTIONS:
+            getattr(self, section).validate()
+        if self.optimisation.distill_from is not None and self.data.multi_label:
+            raise UsageError("--distill-from distils single-label models; leave it out with --multi-label")
         return self
 
-    def _validate_model_name(self) -> None:
-        """An unknown --model is a mistake on the command line (exit 2); in a bundle it is damage (exit 1)."""
-        from ..models.registry import check_model_name
+    def options(self, saved_only: bool = False) -> dict:
+        """Every option by its flat name (saved_only: those args.yaml and the checkpoint keep)."""
+        return {name: getattr(getattr(self, section), attribute) for name, (section, attribute) in OPTIONS.items()
+                if not saved_only or name in SAVED_OPTIONS}
 
-        try:
-            check_model_name(self.model)
-        except ImgclsError as err:
-            raise UsageError(str(err)) from None
-
-    def _validate_img_size(self) -> None:
-        from ..models.bundle import MAX_BUNDLE_IMG_SIZE, MIN_IMG_SIZE
-
-        if not MIN_IMG_SIZE <= self.max_img_size <= MAX_BUNDLE_IMG_SIZE:
-            raise UsageError(f"--max-img-size must be between {MIN_IMG_SIZE} and {MAX_BUNDLE_IMG_SIZE} pixels "
-                             f"(a bundle may not declare more), got {self.max_img_size}")
-        if self.img_size is not None and self.img_size < MIN_IMG_SIZE:
-            raise UsageError(f"--img-size must be at least {MIN_IMG_SIZE} pixels, got {self.img_size}")
-        if self.img_size is not None and self.img_size > self.max_img_size:
-            raise UsageError(f"--img-size {self.img_size} is over the {self.max_img_size}-pixel limit; "
-                             f"pass --max-img-size N to allow more (up to {MAX_BUNDLE_IMG_SIZE})")
+    def with_options(self, **changes) -> "TrainConfig":
+        """A copy with the options named flat (with_options(epochs=3, model="resnet18")) changed."""
+        _check_option_names(changes)
+        by_section: dict[str, dict] = {}
+        for name, value in changes.items():
+            section, attribute = OPTIONS[name]
+            by_section.setdefault(section, {})[attribute] = value
+        return replace(self, **{section: replace(getattr(self, section), **values) for section, values in by_section.items()})
 
     @classmethod
-    def from_recipe(cls, recipe: str, **options) -> "TrainConfig":
-        """The recipe's defaults, overridden by `options` (e.g. from_recipe("speedrun", epochs=5)).
+    def from_options(cls, options: dict | None = None, recipe: str | None = None, **more) -> "TrainConfig":
+        """A config from flat options (from_options(epochs=5), or a dict, as imgcls.train(data, epochs=5) passes),
+        over `recipe`'s defaults when one is named. An unknown name is a UsageError suggesting the close ones.
         A recipe's lr is for its batch size: another batch size scales it linearly, unless lr is given too."""
+        options = {**(options or {}), **more}
+        _check_option_names(options)
+        if recipe is None:
+            return cls().with_options(**options)
         if recipe not in RECIPES:
             raise UsageError(f"unknown recipe '{recipe}'{did_you_mean(recipe, RECIPES)} (choose from {', '.join(RECIPES)})")
         defaults = dict(RECIPES[recipe])
         if "lr" in defaults and "lr" not in options and "batch_size" in options:
             defaults["lr"] *= options["batch_size"] / defaults["batch_size"]
-        return cls(**{**defaults, **options})
+        return cls().with_options(**{**defaults, **options})
 
     @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+    def from_saved(cls, values: dict) -> "TrainConfig":
+        """The config a checkpoint saved (its options()), ignoring names this version no longer has."""
+        return cls.from_options({name: value for name, value in values.items() if name in OPTIONS})
 
-    @classmethod
-    def from_options(cls, options: dict, recipe: str | None = None) -> "TrainConfig":
-        """A config from keyword options named as its fields (imgcls.train(data, epochs=5)), over a recipe's
-        defaults when one is named. An unknown name is a UsageError suggesting the close ones."""
-        known = [f.name for f in fields(cls)]
-        for name in options:
-            if name not in known:
-                raise UsageError(f"unknown training option '{name}'{did_you_mean(name, known)} "
-                                 "(the options are the fields of imgcls.train.config.TrainConfig)")
-        return cls.from_recipe(recipe, **options) if recipe else cls(**options)
+
+def _check_option_names(options: dict) -> None:
+    for name in options:
+        if name not in OPTIONS:
+            raise UsageError(f"unknown training option '{name}'{did_you_mean(name, list(OPTIONS))} "
+                             "(the options are imgcls.train.config.OPTIONS: TrainConfig's fields by section)")
 
 
 # Settings files --------------------------------------------------------------------------------------
@@ -269,8 +374,7 @@ def read_settings(path: str | Path) -> tuple[str | None, dict]:
     settings = parse_settings_yaml(text, str(path))
     data = settings.pop(DATA_KEY, None)
     options = {key: value for key, value in settings.items() if key not in RECORD_KEYS}
-    known = [f.name for f in fields(TrainConfig)]
     for name in options:
-        if name not in known:
-            raise UsageError(f"'{path}': unknown training option '{name}'{did_you_mean(name, known + [DATA_KEY])}")
+        if name not in SAVED_OPTIONS:
+            raise UsageError(f"'{path}': unknown training option '{name}'{did_you_mean(name, SAVED_OPTIONS + [DATA_KEY])}")
     return data, options

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import statistics
-from dataclasses import replace
 
 from PIL import Image
 
@@ -56,40 +55,40 @@ def choose_model(config: TrainConfig, side: int | None) -> TrainConfig:
     """Fill in `model` and `pretrained`. Left open, photos get the pretrained default and
     thumbnails (or --no-pretrained) the scratch one; a timm --model on photos starts from its weights too."""
     photos = side is None or side >= PHOTO_MIN_PX
-    wants_weights = config.pretrained or (photos and config.pretrained is None)
-    model = config.model or (PRETRAINED_MODEL if wants_weights else SCRATCH_MODEL)
-    pretrained = config.pretrained
+    wants_weights = config.model.pretrained or (photos and config.model.pretrained is None)
+    model = config.model.architecture or (PRETRAINED_MODEL if wants_weights else SCRATCH_MODEL)
+    pretrained = config.model.pretrained
     if pretrained is None:
-        pretrained = photos and model not in BUILTIN_MODELS and config.weights is None and config.init_from is None
-    return replace(config, model=model, pretrained=pretrained)
+        pretrained = photos and model not in BUILTIN_MODELS and config.model.weights is None and config.model.init_from is None
+    return config.with_options(model=model, pretrained=pretrained)
 
 
 def scratch_fallback(config: TrainConfig) -> TrainConfig:
     """The run when no pretrained weights could be had: the user's --model, else the scratch default."""
-    model = config.model if config.model not in (None, PRETRAINED_MODEL) else SCRATCH_MODEL
-    return replace(config, model=model, pretrained=False)
+    model = config.model.architecture if config.model.architecture not in (None, PRETRAINED_MODEL) else SCRATCH_MODEL
+    return config.with_options(model=model, pretrained=False)
 
 
 def choose_img_size(config: TrainConfig, side: int | None) -> int:
     """Pretrained (timm or --weights): the size its weights were trained at. Scratch: the model's design size, or the
     images' median side when smaller (no upscaling of CIFAR)."""
-    design = default_img_size(config.model)
-    if config.img_size is not None:
-        return config.img_size
-    if config.starts_from_pretrained_weights() or side is None:
+    design = default_img_size(config.model.architecture)
+    if config.data.img_size is not None:
+        return config.data.img_size
+    if config.model.starts_from_pretrained_weights() or side is None:
         return design
     size = max(MIN_AUTO_IMG_SIZE, min(design, -(-side // 8) * 8))
     if size < THUMBNAIL_PX and side >= SHRINK_WARNING * size:
         log.warning("the images are about %d px but %s is designed for %d px, so they are shrunk %dx; "
                     "for detail at that scale pass --img-size or choose a model made for photos", side,
-                    config.model, size, side // size)
+                    config.model.architecture, size, side // size)
     return size
 
 
 def choose_schedule(config: TrainConfig, train_images: int) -> TrainConfig:
     """Batch size, epochs and learning rate for the mode, where the user gave none."""
-    transfer = config.resolved_mode() in ("freeze", "finetune")
-    batch_size = config.batch_size
+    transfer = config.model.resolved_mode() in ("freeze", "finetune")
+    batch_size = config.optimisation.batch_size
     if batch_size is None:  # one given (--batch-size, a recipe's) is kept; train.run warns if it is too large
         batch_size = default_batch = TRANSFER_BATCH if transfer else SCRATCH_BATCH
         while batch_size > MIN_BATCH and -(-train_images // batch_size) < MIN_STEPS_PER_EPOCH:
@@ -97,11 +96,11 @@ def choose_schedule(config: TrainConfig, train_images: int) -> TrainConfig:
         if batch_size != default_batch:
             log.info("batch size %d instead of %d, so that %d training images make %d steps per epoch "
                      "(--batch-size N to choose)", batch_size, default_batch, train_images, -(-train_images // batch_size))
-    epochs = config.epochs
+    epochs = config.optimisation.epochs
     if epochs is None:
         low, high = TRANSFER_EPOCHS
         epochs = min(high, max(low, -(-TRANSFER_IMAGES // max(1, train_images)))) if transfer else SCRATCH_EPOCHS
-    lr = config.lr
-    if lr is None and config.resolved_mode() == "finetune":
-        lr = FINETUNE_LR_AT_64 * DEFAULT_LR_AT_64[config.optimizer] / DEFAULT_LR_AT_64["adamw"] * batch_size / 64
-    return replace(config, batch_size=batch_size, epochs=epochs, lr=lr)
+    lr = config.optimisation.lr
+    if lr is None and config.model.resolved_mode() == "finetune":
+        lr = FINETUNE_LR_AT_64 * DEFAULT_LR_AT_64[config.optimisation.optimizer] / DEFAULT_LR_AT_64["adamw"] * batch_size / 64
+    return config.with_options(batch_size=batch_size, epochs=epochs, lr=lr)

@@ -72,13 +72,13 @@ def check_teacher(teacher: str | Path, classes: list[str]) -> None:
 
 @torch.inference_mode()
 def teacher_probabilities(teacher: str | Path, classes: list[str], paths: list[Path], labels: torch.Tensor,
-                          temperature: float, device: torch.device) -> torch.Tensor:
+                          temperature: float, device: torch.device, cache: DecodeCacheOptions) -> torch.Tensor:
     """(N, C) softmax(teacher logits / temperature) of the un-augmented images at `paths` (the training
     split's readable ones, in order, whose (N, C) one-hot `labels` only go into the log), computed once.
     The teacher must know `classes`, in the same order."""
     check_teacher(teacher, classes)
     model, config = load_bundle(teacher, device)
-    decoded = decode_cached(paths, config.img_size, DecodeCacheOptions.from_environment())
+    decoded = decode_cached(paths, config.img_size, cache)
     if len(decoded.kept) != len(paths):
         raise ImgclsError(f"{len(paths) - len(decoded.kept)} training images do not decode at the teacher's "
                           f"{config.img_size} px (e.g. {decoded.failed[0][0]}); fix or remove them")

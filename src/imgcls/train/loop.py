@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -33,9 +33,9 @@ log = logging.getLogger(__name__)
 
 
 def make_loss(config: TrainConfig, class_weights: torch.Tensor | None) -> nn.Module:
-    if config.multi_label:
+    if config.data.multi_label:
         return nn.BCEWithLogitsLoss(pos_weight=class_weights)
-    return nn.CrossEntropyLoss(weight=class_weights, label_smoothing=config.label_smoothing)
+    return nn.CrossEntropyLoss(weight=class_weights, label_smoothing=config.optimisation.label_smoothing)
 
 
 def count_correct(logits: torch.Tensor, targets: torch.Tensor, multi_label: bool) -> torch.Tensor:
@@ -141,10 +141,10 @@ class Trainer:
         self.callbacks = sorted(callbacks + extensions.callbacks, key=lambda callback: callback.order)  # stable
         self.optimizer = (extensions.optimizer(model) if extensions.optimizer is not None
                           else build_optimizer(model, config, lr_scales))
-        self.step_count, self.total_steps = 0, config.epochs * len(train_batches)  # optimizer steps
+        self.step_count, self.total_steps = 0, config.optimisation.epochs * len(train_batches)  # optimizer steps
         self.scheduler = (extensions.scheduler(self.optimizer, self.total_steps) if extensions.scheduler is not None
                           else build_scheduler(self.optimizer, config, self.total_steps))
-        self.augment_generator = torch.Generator().manual_seed(config.seed + 2 + AUGMENT_SEED_STRIDE * ranks.rank)
+        self.augment_generator = torch.Generator().manual_seed(config.runtime.seed + 2 + AUGMENT_SEED_STRIDE * ranks.rank)
         self.epoch, self.history, self.stop_training = 0, [], False
         self.batchnorm_stale = False  # set by callbacks that change the weights after the last validation
         self.extra_state: dict = {}  # stored with each checkpoint (e.g. the data folder, for --resume)
@@ -153,19 +153,19 @@ class Trainer:
         if device.type == "cuda":  # training batches keep one shape: let cuDNN time its kernels once and keep the fastest
             torch.backends.cudnn.benchmark = True
         # EMA of weights (Polyak averaging): validated, checkpointed for early stopping, and saved in place of the raw weights.
-        self.ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True)
-                    if config.ema else None)
+        self.ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.optimisation.ema), use_buffers=True)
+                    if config.optimisation.ema else None)
 
     def fit(self) -> list[dict]:
         self.stop_training = False
         for callback in self.callbacks:
             callback.on_train_begin(self)
-        while self.epoch < self.config.epochs and not self.stop_training:
+        while self.epoch < self.config.optimisation.epochs and not self.stop_training:
             for callback in self.callbacks:
                 callback.on_epoch_begin(self)
             logs = self.train_epoch()
             self.epoch += 1
-            recompute_batchnorm(self.eval_model, self.train_batches, self.config.precision)
+            recompute_batchnorm(self.eval_model, self.train_batches, self.config.runtime.precision)
             logs.update(self.validate(), epoch=self.epoch)
             if isinstance(self.scheduler, ReduceLROnPlateau):
                 self.scheduler.step(logs["val_loss"])
@@ -180,12 +180,12 @@ class Trainer:
         # best weights changed what was validated (a pretrained BatchNorm frozen in its best epoch is
         # trainable at the end, so it was recomputed: 72.7% at the best epoch, 54.5% saved).
         if self.batchnorm_stale:
-            recompute_batchnorm(self.model, self.train_batches, self.config.precision)
+            recompute_batchnorm(self.model, self.train_batches, self.config.runtime.precision)
         return self.history
 
     def set_epochs(self, epochs: int) -> None:
         """Change the length of the run mid-way (a time budget); the schedule follows, when it can."""
-        self.config = replace(self.config, epochs=epochs)
+        self.config = self.config.with_options(epochs=epochs)
         self.total_steps = epochs * len(self.train_batches)
         if not replan(self.scheduler, self.total_steps):
             log.debug("the schedule %s keeps its plan for the new length of %d epochs",
@@ -207,7 +207,7 @@ class Trainer:
             loss, logits, targets = self.train_step(images, targets)
             seen += len(images)
             loss_sum += loss.detach() * len(images)
-            correct += count_correct(logits.detach(), targets, self.config.multi_label)
+            correct += count_correct(logits.detach(), targets, self.config.data.multi_label)
             for callback in self.callbacks:
                 callback.on_batch_end(self, RunningMetrics(loss_sum, correct, seen))
         totals = all_reduce_sum(torch.stack([loss_sum, correct.float(), torch.tensor(float(seen), device=self.device)]),
@@ -228,18 +228,18 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
 
             model = DistributedDataParallel(model, device_ids=[self.device] if self.device.type == "cuda" else None)
-        self.step_model = torch.compile(model) if self.config.compile else model
+        self.step_model = torch.compile(model) if self.config.runtime.compile else model
 
     def train_step(self, images: torch.Tensor, targets: torch.Tensor):
         self.prepare_step_model()
         images, targets = self.augment(images, targets, self.augment_generator)
-        with autocast(self.device, self.config.precision):
+        with autocast(self.device, self.config.runtime.precision):
             logits = self.step_model(images)
         loss = self.loss_fn(logits.float(), targets)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if self.config.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        if self.config.optimisation.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optimisation.grad_clip)
         self.optimizer.step()
         self.step_count += 1
         if self.ema is not None:
@@ -249,15 +249,15 @@ class Trainer:
         return loss, logits, targets
 
     def validate(self) -> dict:
-        logits, targets = predict_logits(self.eval_model, self.val_batches, self.config.precision)
+        logits, targets = predict_logits(self.eval_model, self.val_batches, self.config.runtime.precision)
         logits, targets = gather_rows(logits, self.ranks), gather_rows(targets, self.ranks)
         loss = self.loss_fn(logits.to(self.device), targets.to(self.device)).item()  # class weights live there
-        return {"val_loss": loss, "val_accuracy": count_correct(logits, targets, self.config.multi_label).item() / len(targets)}
+        return {"val_loss": loss, "val_accuracy": count_correct(logits, targets, self.config.data.multi_label).item() / len(targets)}
 
     def state_dict(self) -> dict:
         return {
             **self.extra_state, "format": CHECKPOINT_FORMAT,
-            "config": asdict(self.config), "epoch": self.epoch, "history": self.history,
+            "config": self.config.options(saved_only=True), "epoch": self.epoch, "history": self.history,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "scheduler": self.scheduler.state_dict(), "step_count": self.step_count,
@@ -281,6 +281,6 @@ class Trainer:
         self.train_batches.generator.set_state(state["rng"]["batches"])
         self.augment_generator.set_state(state["rng"]["augment"])
         if self.ranks.rank > 0:  # the checkpoint holds process 0's draws; the others must differ from them
-            self.augment_generator.manual_seed(self.config.seed + 2 + AUGMENT_SEED_STRIDE * self.ranks.rank + self.epoch)
+            self.augment_generator.manual_seed(self.config.runtime.seed + 2 + AUGMENT_SEED_STRIDE * self.ranks.rank + self.epoch)
         if self.device.type == "cuda" and state["rng"].get("cuda") is not None:  # dropout and mixing draw there
             torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)

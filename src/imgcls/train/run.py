@@ -14,7 +14,7 @@ import importlib.metadata
 import logging
 import platform
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -42,7 +42,7 @@ from ..rundir import DataSummary, RunDir, choose_run_dir
 from ..runtime import compute_dtype, keep_freed_memory, resolve_device
 from .calibration import fit_temperature
 from .callbacks import Checkpoint, EarlyStopping, EpochLog, HistoryCSV, Lookahead, ProgressBar
-from .config import DATA_KEY, TrainConfig, settings_yaml
+from .config import DATA_KEY, RuntimeOptions, TrainConfig, settings_yaml
 from .defaults import (MIN_BATCH, MIN_STEPS_PER_EPOCH, choose_img_size, choose_model, choose_schedule, median_side,
                        scratch_fallback)
 from .distill import DistillationLoss, check_teacher, soft_targets, teacher_probabilities
@@ -79,14 +79,14 @@ class DecodedSplit:
     records: dict[Path, FileRecord]  # every file's hashes, from the decode pass (empty where not asked for)
 
 
-def _decode_split(samples: list[Sample], size: int, num_classes: int, workers: int | None, desc: str,
+def _decode_split(samples: list[Sample], size: int, num_classes: int, runtime: RuntimeOptions, desc: str,
                   ranks: Ranks = Ranks()) -> DecodedSplit:
     from tqdm.auto import tqdm
 
     with local_main_first(ranks), tqdm(total=len(samples), desc=f"decoding {desc}", unit="img", leave=False,
                                        disable=None if ranks.is_main else True) as bar:
         # the main process hashes as it decodes, for the leakage check (data.hashes)
-        decoded = decode_cached([s.path for s in samples], size, DecodeCacheOptions.from_environment(), workers,
+        decoded = decode_cached([s.path for s in samples], size, runtime.resolved_decode_cache(), runtime.workers,
                                 on_progress=bar.update, hash_files=ranks.is_main)
     kept = [samples[i] for i in decoded.kept]
     if not kept:
@@ -123,10 +123,11 @@ def _start_config(config: TrainConfig | None, source: BundleConfig | None) -> Tr
     config = config or TrainConfig()
     if source is None:
         return config.validate()
-    if config.model not in (None, source.architecture):
-        raise ImgclsError(f"--init-from bundle is a '{source.architecture}' but --model is '{config.model}'; "
+    if config.model.architecture not in (None, source.architecture):
+        raise ImgclsError(f"--init-from bundle is a '{source.architecture}' but --model is '{config.model.architecture}'; "
                           "leave --model out to continue its architecture")
-    return replace(config, model=source.architecture, img_size=config.img_size or source.img_size, pretrained=False).validate()
+    return config.with_options(model=source.architecture, img_size=config.data.img_size or source.img_size,
+                               pretrained=False).validate()
 
 
 CONFIG_PATHS = ("labels_csv", "manifest", "weights", "init_from", "distill_from")  # the TrainConfig fields that name files
@@ -135,8 +136,8 @@ CONFIG_PATHS = ("labels_csv", "manifest", "weights", "init_from", "distill_from"
 def _absolute_paths(config: TrainConfig) -> TrainConfig:
     """The files the config names, made absolute: the checkpoint stores the config, and --resume may run
     from another folder."""
-    named = {name: getattr(config, name) for name in CONFIG_PATHS if getattr(config, name)}
-    return replace(config, **{name: str(Path(value).expanduser().resolve()) for name, value in named.items()})
+    named = {name: value for name, value in config.options().items() if name in CONFIG_PATHS and value}
+    return config.with_options(**{name: str(Path(value).expanduser().resolve()) for name, value in named.items()})
 
 
 @dataclass
@@ -153,30 +154,32 @@ def _start_model(config: TrainConfig, num_classes: int, side: int | None, source
     try:
         return _build_model(chosen, num_classes, side, source)
     except WeightsUnavailable as err:
-        if config.pretrained:  # asked for by the user: an error, not a silent downgrade
+        if config.model.pretrained:  # asked for by the user: an error, not a silent downgrade
             raise
         fallback = scratch_fallback(config)
         log.warning("no pretrained weights for %s (not cached, and no network), so training %s from scratch, "
                     "which is far less accurate on small photo folders; to start from ImageNet weights pass "
-                    "--weights FILE, or run once with network access to cache them", chosen.model, fallback.model)
+                    "--weights FILE, or run once with network access to cache them", chosen.model.architecture,
+                    fallback.model.architecture)
         log.debug("%s", err)
         return _build_model(fallback, num_classes, side, source)
 
 
 def _build_model(config: TrainConfig, num_classes: int, side: int | None, source: BundleConfig | None) -> StartingPoint:
-    check_model_name(config.model)
-    config = replace(config, img_size=choose_img_size(config, side))
-    torch.manual_seed(config.seed)
-    net = create_model(config.model, num_classes=num_classes, img_size=config.img_size, pretrained=config.pretrained)
-    weights_source = pretrained_source(net) if config.pretrained else "none"
-    if config.weights:
-        load_weights(net, config.weights)
-        weights_source = f"file:{Path(config.weights).expanduser().resolve()}"
-    if config.init_from:
-        load_weights(net, find_bundle(config.init_from) / WEIGHTS_FILE)
-        weights_source = f"bundle:{find_bundle(config.init_from).resolve()}"
+    check_model_name(config.model.architecture)
+    config = config.with_options(img_size=choose_img_size(config, side))
+    torch.manual_seed(config.runtime.seed)
+    net = create_model(config.model.architecture, num_classes=num_classes, img_size=config.data.img_size,
+                       pretrained=config.model.pretrained)
+    weights_source = pretrained_source(net) if config.model.pretrained else "none"
+    if config.model.weights:
+        load_weights(net, config.model.weights)
+        weights_source = f"file:{Path(config.model.weights).expanduser().resolve()}"
+    if config.model.init_from:
+        load_weights(net, find_bundle(config.model.init_from) / WEIGHTS_FILE)
+        weights_source = f"bundle:{find_bundle(config.model.init_from).resolve()}"
     mean, std = (source.mean, source.std) if source else (IMAGENET_MEAN, IMAGENET_STD)
-    if config.pretrained:  # every model is a timm model: its pretrained_cfg says how its weights expect images
+    if config.model.pretrained:  # every model is a timm model: its pretrained_cfg says how its weights expect images
         mean, std = tuple(net.pretrained_cfg["mean"]), tuple(net.pretrained_cfg["std"])
     return StartingPoint(Classifier(net, mean, std), config, weights_source)
 
@@ -200,12 +203,12 @@ def _synchronise_batchnorm(model: Classifier, config: TrainConfig, ranks: Ranks,
     """With several GPUs and small per-process batches, BatchNorm computes its statistics over the
     whole batch (SyncBatchNorm; timm's conversion keeps its fused BatchNormAct layers). PyTorch
     synchronises BatchNorm on GPUs only: on CPUs each process normalises its own part."""
-    if not ranks.active or device.type != "cuda" or config.batch_size // ranks.world_size >= SYNC_BATCHNORM_BELOW:
+    if not ranks.active or device.type != "cuda" or config.optimisation.batch_size // ranks.world_size >= SYNC_BATCHNORM_BELOW:
         return model
     from timm.layers import convert_sync_batchnorm
 
     log.info("BatchNorm synchronised across the %d processes (%d images each per batch)", ranks.world_size,
-             config.batch_size // ranks.world_size)
+             config.optimisation.batch_size // ranks.world_size)
     return convert_sync_batchnorm(model)
 
 
@@ -249,7 +252,7 @@ def _fit_probe_head(model: Classifier, config: TrainConfig, train_set: DecodedSp
     start = time.perf_counter()
     train_features, train_targets = _features(model, train_set, device, ranks)
     val_features, val_targets = _features(model, val_set, device, ranks)
-    probe = fit_linear_probe(train_features, train_targets, config.multi_label, config.seed)
+    probe = fit_linear_probe(train_features, train_targets, config.data.multi_label, config.runtime.seed)
     head = classifier_head(model)
     with torch.no_grad():
         head.weight.copy_(probe.weight)
@@ -257,7 +260,7 @@ def _fit_probe_head(model: Classifier, config: TrainConfig, train_set: DecodedSp
     val_logits = probe.logits(val_features)
 
     def accuracy(logits: torch.Tensor, targets: torch.Tensor) -> float:  # as Trainer.validate counts it
-        return count_correct(logits, targets, config.multi_label).item() / len(targets)
+        return count_correct(logits, targets, config.data.multi_label).item() / len(targets)
 
     result = ProbeResult(accuracy(probe.logits(train_features), train_targets), accuracy(val_logits, val_targets),
                          loss_fn.cpu()(val_logits, val_targets).item(), time.perf_counter() - start)
@@ -274,36 +277,37 @@ def _make_trainer(model: Classifier, config: TrainConfig, train_set: DecodedSpli
     """The trainer for the mode: the whole network, the network but its frozen early layers
     (fine-tuning), or only the head on a frozen backbone; `teacher`: its probabilities of the training
     images, to distil (train.distill)."""
-    mode, img_size = config.resolved_mode(), train_set.pixels.shape[1]
-    weights = _class_weights(train_set.targets, config.multi_label).to(device) if config.class_weights else None
+    mode, img_size = config.model.resolved_mode(), train_set.pixels.shape[1]
+    weights = _class_weights(train_set.targets, config.data.multi_label).to(device) if config.optimisation.class_weights else None
     loss_fn, targets = make_loss(config, weights), train_set.targets
     if teacher is not None:
-        loss_fn = DistillationLoss(loss_fn, config.distill_alpha, config.distill_temperature)
+        loss_fn = DistillationLoss(loss_fn, config.optimisation.distill_alpha, config.optimisation.distill_temperature)
         targets = soft_targets(targets, teacher)
-    early_stopping = EarlyStopping(config.early_stopping)
+    early_stopping = EarlyStopping(config.optimisation.early_stopping)
     if probe is not None:  # the probe is epoch 0: fine-tuning that never beats it on validation gives it back
         early_stopping.start_from(probe.val_loss, model)
     main = ranks.is_main  # one process shows and writes
-    callbacks = ([ProgressBar()] if progress and main else []) + ([Lookahead()] if config.lookahead else []) + (
+    callbacks = ([ProgressBar()] if progress and main else []) + ([Lookahead()] if config.optimisation.lookahead else []) + (
         [EpochLog()] if main else []) + [early_stopping] + ([HistoryCSV(run), Checkpoint(run)] if main else []) + (
         [tracker] if tracker is not None else [])
-    augment = build_augment(config.augment, img_size, targets.shape[1], config.multi_label)
-    train_batches = Batches(train_set.pixels, targets, config.batch_size, shuffle=True, device=device,
-                            seed=config.seed, alternating_flip=augment.alternating_flip, ranks=ranks)
+    augment = build_augment(config.data.augment, img_size, targets.shape[1], config.data.multi_label)
+    train_batches = Batches(train_set.pixels, targets, config.optimisation.batch_size, shuffle=True, device=device,
+                            seed=config.runtime.seed, alternating_flip=augment.alternating_flip, ranks=ranks)
     rows = shard_rows(len(val_set.targets), ranks)  # every process validates its block; Trainer.validate gathers
-    val_batches = Batches(val_set.pixels[rows], val_set.targets[rows], max(config.batch_size, FEATURE_BATCH), device=device)
+    val_batches = Batches(val_set.pixels[rows], val_set.targets[rows], max(config.optimisation.batch_size, FEATURE_BATCH),
+                          device=device)
     lr_scales = None
     if mode == "freeze":
         set_backbone_trainable(model, False)
     elif mode == "finetune":
-        lr_scales = layer_lr_scales(model, config.layer_decay)
-        pretrained = config.starts_from_pretrained_weights()
-        frozen = frozen_early_layers(model, config.layer_decay) if pretrained else frozenset()
+        lr_scales = layer_lr_scales(model, config.model.layer_decay)
+        pretrained = config.model.starts_from_pretrained_weights()
+        frozen = frozen_early_layers(model, config.model.layer_decay) if pretrained else frozenset()
         # Pretrained BatchNorm keeps its ImageNet statistics (as Keras' fine-tuning guide advises): the
         # probe head was fitted on features normalised with them. Trained instead, CIFAR-10 at 100 per
         # class fell from 75% to 39-41% validation after 2 epochs (bench/pretrained.py's data).
-        freeze_batchnorm = pretrained or config.batch_size < SMALL_BATCH
-        callbacks.append(UnfreezeBackbone(config.head_epochs, freeze_batchnorm, frozen))
+        freeze_batchnorm = pretrained or config.optimisation.batch_size < SMALL_BATCH
+        callbacks.append(UnfreezeBackbone(config.model.head_epochs, freeze_batchnorm, frozen))
     return Trainer(model, config, train_batches, val_batches, augment, loss_fn, callbacks, device, lr_scales, ranks,
                    extensions)
 
@@ -321,20 +325,20 @@ def _finish(model: Classifier, config: TrainConfig, dataset: LabelledImages, val
             history: list[dict], started: float) -> Finished:
     """Calibrate on validation, evaluate, and save the bundle, with the run's `settings` and its wall
     time since `started` (time.perf_counter) in the bundle and in args.yaml."""
-    logits, _ = predict_logits(model, Batches(val_set.pixels, val_set.targets, max(config.batch_size, FEATURE_BATCH), device=device),
-                               tta=config.tta)
-    temperature = 1.0 if config.multi_label else fit_temperature(logits, val_set.targets.argmax(1))
-    probs = (logits.sigmoid() if config.multi_label else (logits / temperature).softmax(1)).numpy()
+    val_batches = Batches(val_set.pixels, val_set.targets, max(config.optimisation.batch_size, FEATURE_BATCH), device=device)
+    logits, _ = predict_logits(model, val_batches, tta=config.model.tta)
+    temperature = 1.0 if config.data.multi_label else fit_temperature(logits, val_set.targets.argmax(1))
+    probs = (logits.sigmoid() if config.data.multi_label else (logits / temperature).softmax(1)).numpy()
     bundle_config = BundleConfig(
-        architecture=config.model, classes=dataset.classes, img_size=val_set.pixels.shape[1],
+        architecture=config.model.architecture, classes=dataset.classes, img_size=val_set.pixels.shape[1],
         mean=tuple(model.mean.flatten().tolist()), std=tuple(model.std.flatten().tolist()),
-        task="multi-label" if config.multi_label else "single-label", temperature=temperature,
-        thresholds=tune_thresholds(val_set.targets.numpy(), probs).tolist() if config.multi_label else None,
-        tta=config.tta, training_mode=config.resolved_mode(),
+        task="multi-label" if config.data.multi_label else "single-label", temperature=temperature,
+        thresholds=tune_thresholds(val_set.targets.numpy(), probs).tolist() if config.data.multi_label else None,
+        tta=config.model.tta, training_mode=config.model.resolved_mode(),
         weights_source=weights_source, settings=settings,
     )
     evaluation = write_evaluation(probs, val_set.samples, bundle_config, run.evaluation, history,
-                                  uncalibrated=None if config.multi_label else logits.softmax(1).numpy(), split="validation")
+                                  uncalibrated=None if config.data.multi_label else logits.softmax(1).numpy(), split="validation")
     metrics = evaluation.metrics
     bundle_config.metrics = {k: metrics[k] for k in ("accuracy", "mAP", "macro_avg", "ece") if k in metrics}
     if probe is not None:  # the floor a transferred model must beat, reported beside it
@@ -348,12 +352,13 @@ def _settings(config: TrainConfig, device: torch.device, data_dir: Path, fingerp
     """Every option as the run used it, automatic choices resolved, so that training again with them
     (`--config args.yaml`) makes the same choices; then the record of what it ran on (config.RECORD_KEYS).
     A --time budget is resolved too: into the epochs it chose."""
-    used = replace(config, lr=config.resolved_lr(), weight_decay=config.resolved_weight_decay(),
-                   mode=config.resolved_mode(), time_budget_s=None,
-                   device=device.type if config.device == "auto" else config.device,
-                   precision="fp32" if compute_dtype(device, config.precision) is None else "bf16")
+    used = config.with_options(
+        lr=config.optimisation.resolved_lr(), weight_decay=config.optimisation.resolved_weight_decay(),
+        mode=config.model.resolved_mode(), time_budget_s=None,
+        device=device.type if config.runtime.device == "auto" else config.runtime.device,
+        precision="fp32" if compute_dtype(device, config.runtime.precision) is None else "bf16")
     # timm's version from its metadata: no import of timm (10 s cold on 2 shared cores) only to read it
-    return {DATA_KEY: str(data_dir), **asdict(used), "data_fingerprint": fingerprint, "started_at": started_at,
+    return {DATA_KEY: str(data_dir), **used.options(saved_only=True), "data_fingerprint": fingerprint, "started_at": started_at,
             "imgcls_version": __version__, "torch_version": torch.__version__, "timm_version": importlib.metadata.version("timm"),
             "python_version": platform.python_version()}
 
@@ -379,79 +384,81 @@ def train(data_dir: str | Path | None, run_dir: str | Path | None = None, config
     run = RunDir(Path(run_dir)) if resume else choose_run_dir(data_dir, run_dir)
     state = _resume_state(run) if resume else None
     if state is not None:
-        config, data_dir = TrainConfig.from_dict(state["config"]), data_dir or state["data_dir"]
+        config, data_dir = TrainConfig.from_saved(state["config"]), data_dir or state["data_dir"]
     data_dir = Path(data_dir).expanduser().resolve()  # stored in the checkpoint: --resume may run from another folder
     timer = PhaseTimer()
     started, started_at = timer.started, datetime.now(timezone.utc).isoformat(timespec="seconds")
     keep_freed_memory()
-    source = read_bundle_config(config.init_from) if config is not None and config.init_from else None
+    source = read_bundle_config(config.model.init_from) if config is not None and config.model.init_from else None
     config = _absolute_paths(_start_config(config, source))
-    if config.distill_from and _head_only(config):
+    if config.optimisation.distill_from and _head_only(config):
         raise UsageError("--distill-from trains through the training loop, which --freeze --augment none skips (it fits "
                          "the head in one go); leave out one of them")
-    if config.model is not None:
-        check_model_name(config.model)
-    ranks, device = join(resolve_device(config.device))
+    if config.model.architecture is not None:
+        check_model_name(config.model.architecture)
+    ranks, device = join(resolve_device(config.runtime.device))
 
     with timer.phase("discover"):
-        dataset = discover(data_dir, config.val_split, config.test_split, config.seed, config.multi_label,
-                           config.labels_csv, config.manifest)
+        dataset = discover(data_dir, config.data.val_split, config.data.test_split, config.runtime.seed, config.data.multi_label,
+                           config.data.labels_csv, config.data.manifest)
         fingerprint = dataset.fingerprint()  # a stat of every file: taken once, as the run starts
-    if config.distill_from:
-        check_teacher(config.distill_from, dataset.classes)
+    if config.optimisation.distill_from:
+        check_teacher(config.optimisation.distill_from, dataset.classes)
     if ranks.is_main:
         _warn_about_imbalance(dataset)
     num_classes = len(dataset.classes)
     with timer.phase("model"):
         start = _start_model(config, num_classes, median_side(dataset.splits["train"]), source)
     model, config = start.model, start.config
-    img_size = config.img_size
+    img_size = config.data.img_size
     log.info("%d classes, %s images; %s at %d px on %s: %s, weights from %s", num_classes,
-             {k: len(v) for k, v in dataset.splits.items()}, config.model, img_size, device,
-             config.resolved_mode(), start.weights_source)
+             {k: len(v) for k, v in dataset.splits.items()}, config.model.architecture, img_size, device,
+             config.model.resolved_mode(), start.weights_source)
     with timer.phase("decode"):
-        train_set = _decode_split(dataset.splits["train"], img_size, num_classes, config.workers, "train", ranks)
+        train_set = _decode_split(dataset.splits["train"], img_size, num_classes, config.runtime, "train", ranks)
         _check_every_class_readable(dataset, train_set)
-        val_set = _decode_split(dataset.splits["validation"], img_size, num_classes, config.workers, "validation", ranks)
+        val_set = _decode_split(dataset.splits["validation"], img_size, num_classes, config.runtime, "validation", ranks)
     if ranks.is_main:
         with timer.phase("hashes"):  # from the decode pass: only a test split's files are read here
-            _warn_about_leakage(dataset, {**train_set.records, **val_set.records})
+            _warn_about_leakage(dataset, {**train_set.records, **val_set.records}, config.runtime.resolved_decode_cache())
     if state is None:
-        _warn_about_batch_size(len(train_set.samples), config.batch_size)  # a given one; choose_schedule fits its own
+        _warn_about_batch_size(len(train_set.samples), config.optimisation.batch_size)  # a given one; choose_schedule fits its own
         config = choose_schedule(config, len(train_set.samples)).validate()
-    if state is None and config.resolved_mode() == "scratch":
+    if state is None and config.model.resolved_mode() == "scratch":
         with timer.phase("model"):
-            _init_from_data(model, train_set.pixels, config.seed)
+            _init_from_data(model, train_set.pixels, config.runtime.seed)
     model = _synchronise_batchnorm(model.to(device).to(memory_format=torch.channels_last), config, ranks, device)
     skipped = [{"path": str(p), "reason": r} for p, r in train_set.failed + val_set.failed]
     summary = _data_summary(dataset, data_dir, fingerprint, img_size, skipped, config)
     if ranks.is_main:
         run.root.mkdir(parents=True, exist_ok=True)
         run.write_data_summary(summary)
-    tracker = (make_tracker(config.logger, run, _settings(config, device, data_dir, fingerprint, started_at))
+    tracker = (make_tracker(config.output.logger, run, _settings(config, device, data_dir, fingerprint, started_at))
                if ranks.is_main else None)
 
     with timer.phase("epochs"):  # the linear probe and the teacher's probabilities too, where there are
         loss_fn = make_loss(config, None)
         probe = None
-        if state is None and config.resolved_mode() in ("freeze", "finetune"):
+        if state is None and config.model.resolved_mode() in ("freeze", "finetune"):
             probe = _fit_probe_head(model, config, train_set, val_set, device, loss_fn, ranks)
         if _head_only(config):
             history = _probe_history(run, probe) if ranks.is_main else []  # the probe is the optimum of the head on fixed features: done
             if tracker is not None:
                 tracker.on_epoch_end(None, history[0])
         else:
-            teacher = (teacher_probabilities(config.distill_from, dataset.classes, [s.path for s in train_set.samples],
-                                             train_set.targets, config.distill_temperature, device)
-                       if config.distill_from else None)
+            optimisation = config.optimisation
+            teacher = (teacher_probabilities(optimisation.distill_from, dataset.classes, [s.path for s in train_set.samples],
+                                             train_set.targets, optimisation.distill_temperature, device,
+                                             config.runtime.resolved_decode_cache())
+                       if optimisation.distill_from else None)
             trainer = _make_trainer(model, config, train_set, val_set, run, device, progress, probe, ranks, tracker,
                                     extensions, teacher)
             if state is not None:
                 trainer.load_state_dict(state)
-                log.info("resuming %s after epoch %d of %d", run.root, trainer.epoch, config.epochs)
-            elif config.time_budget_s is not None:
-                trainer = fit_epochs_to_budget(trainer, config.time_budget_s - (time.perf_counter() - started),
-                                               lambda epochs: _make_trainer(model, replace(config, epochs=epochs), train_set,
+                log.info("resuming %s after epoch %d of %d", run.root, trainer.epoch, config.optimisation.epochs)
+            elif config.optimisation.time_budget_s is not None:
+                trainer = fit_epochs_to_budget(trainer, config.optimisation.time_budget_s - (time.perf_counter() - started),
+                                               lambda epochs: _make_trainer(model, config.with_options(epochs=epochs), train_set,
                                                                             val_set, run, device, progress, probe, ranks,
                                                                             tracker, extensions, teacher))
                 config = trainer.config
@@ -466,16 +473,17 @@ def train(data_dir: str | Path | None, run_dir: str | Path | None = None, config
     evaluation = run.evaluation
     plots = {"confusion_matrix": evaluation.confusion_png, "learning_curves": evaluation.learning_curves_png}
     tracker.finish(finished.evaluation.metrics, {name: path for name, path in plots.items() if path.is_file()})
-    if config.report:
+    if config.output.report:
         with timer.phase("report"):
-            _write_report(run, model, finished, history, summary, dataset, val_set, device)
+            _write_report(run, model, finished, history, summary, dataset, val_set, device,
+                          config.runtime.resolved_decode_cache())
     log.info("trained in %.0fs: %s", timer.wall_seconds(), timer.line())
     return TrainResult(run.root, finished.bundle_dir, finished.evaluation.metrics, history, skipped, timer.summary())
 
 
 def _head_only(config: TrainConfig) -> bool:
     """Whether the run is a head fitted in one go on cached frozen features, with no training loop."""
-    return config.resolved_mode() == "freeze" and config.augment == "none" and config.cache_features
+    return config.model.resolved_mode() == "freeze" and config.data.augment == "none" and config.model.cache_features
 
 
 def _probe_history(run: RunDir, probe: ProbeResult) -> list[dict]:
@@ -487,7 +495,7 @@ def _probe_history(run: RunDir, probe: ProbeResult) -> list[dict]:
 
 
 def _write_report(run: RunDir, model: Classifier, finished: Finished, history: list[dict], summary: DataSummary,
-                  dataset: LabelledImages, val_set: DecodedSplit, device: torch.device) -> None:
+                  dataset: LabelledImages, val_set: DecodedSplit, device: torch.device, cache: DecodeCacheOptions) -> None:
     """report.html closes every run, built from what training holds: the model in memory, the decoded
     validation images and their predictions, and an audit of the split it trained on. A report problem
     must not cost the trained model."""
@@ -500,7 +508,7 @@ def _write_report(run: RunDir, model: Classifier, finished: Finished, history: l
         predictor = Predictor(model.to(device).eval().requires_grad_(True), finished.bundle_config, device)
         pixels = {str(sample.path): row for sample, row in zip(val_set.samples, val_set.pixels)}
         inputs = ReportInputs(finished.bundle_config, finished.evaluation.metrics, finished.evaluation.predictions,
-                              history, summary, audit_dataset(dataset), predictor, pixels)
+                              history, summary, audit_dataset(dataset, cache=cache), predictor, pixels)
         write_report(run, inputs)
     except Exception as err:  # the bundle is saved; `imgcls report RUN_DIR` can write it again
         log.warning("%s not written (%s: %s); run `imgcls report %s`", run.report.name, type(err).__name__, err,
@@ -529,10 +537,10 @@ def _warn_about_imbalance(dataset: LabelledImages) -> None:
                     smallest, counts[smallest], largest, counts[largest])
 
 
-def _warn_about_leakage(dataset: LabelledImages, records: dict[Path, FileRecord]) -> None:
+def _warn_about_leakage(dataset: LabelledImages, records: dict[Path, FileRecord], cache: DecodeCacheOptions) -> None:
     """The part of `imgcls audit` training runs: files shared between splits, from the hashes the decode
     pass computed (`records`)."""
-    leaks = find_leakage(dataset, records)
+    leaks = find_leakage(dataset, records, cache)
     if leaks:
         example = leaks[0]["paths"]
         log.warning("%d images appear in both train and validation/test (e.g. %s); validation accuracy will be "
@@ -544,6 +552,7 @@ def _data_summary(dataset: LabelledImages, data_dir: Path, fingerprint: str, img
     """What the run saw, and how it split it, so look-alikes and the report rebuild the same split."""
     return DataSummary(
         data_dir=str(data_dir), classes=dataset.classes, counts=dataset.counts(), img_size=img_size,
-        fingerprint=fingerprint, skipped=skipped, val_split=config.val_split, test_split=config.test_split,
-        seed=config.seed, multi_label=config.multi_label, labels_csv=config.labels_csv, manifest=config.manifest,
-        manifest_sha256=read_manifest(config.manifest, data_dir).sha256 if config.manifest else None)
+        fingerprint=fingerprint, skipped=skipped, val_split=config.data.val_split, test_split=config.data.test_split,
+        seed=config.runtime.seed, multi_label=config.data.multi_label, labels_csv=config.data.labels_csv,
+        manifest=config.data.manifest,
+        manifest_sha256=read_manifest(config.data.manifest, data_dir).sha256 if config.data.manifest else None)

@@ -112,8 +112,8 @@ class TimeBudget(Callback):
         epoch_s = (now - self.started) / trainer.epoch
         epochs = max(trainer.epoch, trainer.epoch + math.floor((SAFETY * (self.deadline - now) - self.finish_s) / epoch_s))
         epochs = broadcast_object(epochs, trainer.ranks)  # every process runs process 0's plan
-        if epochs != trainer.config.epochs:
-            log.debug("time budget: %d epochs instead of %d (an epoch takes %.1fs)", epochs, trainer.config.epochs, epoch_s)
+        if epochs != trainer.config.optimisation.epochs:
+            log.debug("time budget: %d epochs instead of %d (an epoch takes %.1fs)", epochs, trainer.config.optimisation.epochs, epoch_s)
             trainer.set_epochs(epochs)
 
 
