@@ -28,21 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import REPO, decode_every_run, report, dataset
+from common import dataset, decode_every_run, offline_hub, report
 
-WEIGHTS = REPO.parent / "shared" / "weights"
 SUBSETS = {"cifar10": ("cifar10-jpg.tar.gz", "cifar10", "test", 1000, 200),  # archive, folder, test folder, per class
            "imagenette": ("imagenette2-224.tar.gz", "imagenette2-224", "val", None, None)}
-
-
-def offline_weights(home: Path) -> None:
-    import subprocess
-
-    if not (WEIGHTS / "efficientnet_lite0_in1k.safetensors").is_file():
-        print(f"skipped: no weights in {WEIGHTS}")
-        sys.exit(0)
-    subprocess.run(["bash", str(WEIGHTS / "install-hf-cache.sh"), str(home)], check=True, stdout=subprocess.DEVNULL)
-    os.environ.update(HF_HOME=str(home), HF_HUB_OFFLINE="1")
 
 
 def sample_files(folder: Path, per_class: int | None, seed: int) -> dict[str, list[Path]]:
@@ -166,7 +155,7 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=list(SUBSETS), choices=list(SUBSETS))
     parser.add_argument("--noise", nargs="+", type=float, default=[0.1, 0.2])
     args = parser.parse_args()
-    offline_weights(Path(tempfile.mkdtemp(prefix="imgcls-bench-hf-")))
+    offline_hub(Path(tempfile.mkdtemp(prefix="imgcls-bench-hf-")))
     decode_every_run()
     from imgcls.runtime import keep_freed_memory
 

@@ -14,7 +14,25 @@ REPO = Path(__file__).resolve().parents[1]
 ARCHIVES = Path(os.environ.get("IMGCLS_DATA_ARCHIVES", REPO.parent / "shared" / "data"))
 EXTRACT_ROOT = Path(os.environ.get("IMGCLS_DATA_CACHE", Path.home() / ".cache" / "imgcls-data"))
 RESULTS = REPO / "bench" / "results"
+WEIGHTS = REPO.parent / "shared" / "weights"  # real ImageNet weights of efficientnet_lite0, with install-hf-cache.sh
+WEIGHTS_FILE = "efficientnet_lite0_in1k.safetensors"
 logging.basicConfig(level=logging.INFO, format="%(message)s")  # imgcls logs a line per epoch: show progress
+
+
+def offline_hub(home: Path = EXTRACT_ROOT / "hf-home", required: bool = True) -> bool:
+    """Point this process and its children at the shared weights as an offline Hugging Face cache in `home`,
+    as a user's cache holds them after a first download. Absent weights: exit 0 if `required`, else False.
+    Call before timm or imgcls is imported: huggingface_hub reads HF_HOME once, at import."""
+    import subprocess
+
+    if not (WEIGHTS / WEIGHTS_FILE).is_file():
+        if required:
+            print(f"skipped: {WEIGHTS / WEIGHTS_FILE} not found")
+            sys.exit(0)
+        return False
+    subprocess.run(["bash", str(WEIGHTS / "install-hf-cache.sh"), str(home)], check=True, stdout=subprocess.DEVNULL)
+    os.environ.update(HF_HOME=str(home), HF_HUB_OFFLINE="1")
+    return True
 
 
 def dataset(archive_name: str, folder: str) -> Path:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import shutil
 import subprocess
@@ -28,10 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from common import EXTRACT_ROOT, REPO, dataset, decode_every_run, report
-
-WEIGHTS = REPO.parent / "shared" / "weights"
-WEIGHTS_FILE = "efficientnet_lite0_in1k.safetensors"
+from common import EXTRACT_ROOT, dataset, decode_every_run, offline_hub, report
 IMGCLS = Path(sys.executable).parent / "imgcls"
 DATASETS = ("cifar10", "imagenette", "digits", "mnist")
 VARIANTS = ("scratch", "finetune", "freeze", "logreg")
@@ -44,17 +40,6 @@ DEFAULT_ONLY = {"digits", "mnist"}  # only the command with no flags
 RUN_FIELDS = ("model", "mode", "weights", "epochs", "val_accuracy", "probe_accuracy")
 PROBE_MODEL, PROBE_SIZE, PROBE_BATCH = "efficientnet_lite0", 224, 64
 MEAN, STD = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
-
-
-def offline_hub() -> None:
-    """Point every later process (and timm here) at the shared weights as an offline HF cache; exits 0 if absent.
-    Set before timm or imgcls is imported, since huggingface_hub reads HF_HOME once at import."""
-    if not (WEIGHTS / WEIGHTS_FILE).is_file():
-        print(f"skipped: {WEIGHTS / WEIGHTS_FILE} not found")
-        sys.exit(0)
-    home = EXTRACT_ROOT / "hf-home"
-    subprocess.run(["bash", str(WEIGHTS / "install-hf-cache.sh"), str(home)], check=True, stdout=subprocess.DEVNULL)
-    os.environ.update(HF_HOME=str(home), HF_HUB_OFFLINE="1")
 
 
 def sampled(name: str, source_train: Path, per_class: int, val_per_class: int) -> Path:
