@@ -39,25 +39,24 @@ RECIPES = {
 }
 
 
-def option(default=None, *, help: str, name: str | None = None, saved: bool = True):
-    """A field of an options section: `help` says why its default is what it is; `name` is its flat option name
-    (--model, imgcls.train(model=...)) where the field's own name differs; saved=False keeps it out of
-    args.yaml and the checkpoint (what belongs to the machine, not to the run)."""
-    return field(default=default, metadata={"help": help, "name": name, "saved": saved})
+def option(default=None, *, name: str | None = None, saved: bool = True):
+    """A field whose flat option name (--model, imgcls.train(model=...)) is `name`, not its own, or that
+    args.yaml and the checkpoint leave out (saved=False: what belongs to the machine, not to the run)."""
+    return field(default=default, metadata={"name": name, "saved": saved})
 
 
 @dataclass
 class DataOptions:
     """Which images train, how they are split and labelled, and at what size they are decoded."""
 
-    img_size: int | None = option(help="pretrained: its training size; scratch: the design size, or the images' if smaller")
-    max_img_size: int = option(1024, help="a typo like 100000 px would reserve ~900 GB of decode cache and fail with ENOMEM")
-    val_split: float = option(0.2, help="used only when the data has no validation folder")
-    test_split: float = option(0.0, help="share of the images held out for a final test, when there is no test folder")
-    multi_label: bool = option(False, help="several labels per image (sigmoid per class) instead of one")
-    labels_csv: str | None = option(help="multi-label: path,labels CSV (labels ';'-separated)")
-    manifest: str | None = option(help="path,action,label CSV of review decisions (data.manifest): drops and relabels")
-    augment: str = option("standard", help="a preset of data.augment.AUGMENT_PRESETS")
+    img_size: int | None = None  # pretrained: its training size; scratch: the design size, or the images' if smaller
+    max_img_size: int = 1024  # a typo like 100000 px would reserve ~900 GB of decode cache and fail with ENOMEM
+    val_split: float = 0.2  # used only when the data has no validation folder
+    test_split: float = 0.0  # share of the images held out for a final test, when there is no test folder
+    multi_label: bool = False  # several labels per image (sigmoid per class) instead of one
+    labels_csv: str | None = None  # multi-label: path,labels CSV (labels ';'-separated)
+    manifest: str | None = None  # path,action,label CSV of review decisions (data.manifest): drops and relabels
+    augment: str = "standard"  # a preset of data.augment.AUGMENT_PRESETS
 
     def validate(self) -> None:
         from ..data.augment import AUGMENT_PRESETS
@@ -81,17 +80,18 @@ class DataOptions:
 class ModelOptions:
     """Which network, which weights it starts from, and how those weights are adapted to the data."""
 
-    architecture: str | None = option(name="model", help="None: chosen for the data by train.defaults (photos: "
-                                      "pretrained efficientnet_lite0; thumbnails: cnn-bn), or the --init-from bundle's")
-    pretrained: bool | None = option(help="None: yes for a timm model on photos, when its weights can be had")
-    weights: str | None = option(help="local checkpoint to start from")
-    init_from: str | None = option(help="an imgcls bundle to start from (train on one dataset, transfer to another)")
-    mode: str = option("auto", help="scratch | freeze | finetune; auto: finetune when starting from weights, else scratch")
-    head_epochs: int = option(0, help="finetune: head-only epochs before the backbone unfreezes (0: the head starts "
-                                      "as a linear probe)")
-    cache_features: bool = option(True, help="freeze + augment none: train the head on backbone features computed once")
-    layer_decay: float = option(0.7, help="finetune: lr multiplier per block towards the input (1 = same lr everywhere)")
-    tta: str = option("none", help="test-time augmentation stored in the bundle for predict/evaluate/serve (none, flip)")
+    # None: chosen for the data by train.defaults (photos: pretrained efficientnet_lite0; thumbnails: cnn-bn), or
+    # the --init-from bundle's
+    architecture: str | None = option(name="model")
+    pretrained: bool | None = None  # None: yes for a timm model on photos, when its weights can be had
+    weights: str | None = None  # local checkpoint to start from
+    init_from: str | None = None  # an imgcls bundle to start from (train on one dataset, transfer to another)
+    mode: str = "auto"  # scratch | freeze | finetune; auto: finetune when starting from weights, else scratch
+    # finetune: head-only epochs before the backbone unfreezes (0: the head starts as a linear probe)
+    head_epochs: int = 0
+    cache_features: bool = True  # freeze + augment none: train the head on backbone features computed once
+    layer_decay: float = 0.7  # finetune: lr multiplier per block towards the input (1 = same lr everywhere)
+    tta: str = "none"  # test-time augmentation stored in the bundle for predict/evaluate/serve (none, flip)
 
     def starts_from_pretrained_weights(self) -> bool:
         """timm's weights or a local file of them: trained at the architecture's size, on other images."""
@@ -127,29 +127,30 @@ class ModelOptions:
 class OptimisationOptions:
     """How long and how the weights are optimised: epochs, batch, optimiser, schedule, regularisation, loss."""
 
-    epochs: int | None = option(help="None: scratch 30; transfer: ~10k images seen, 5-30 epochs")
-    batch_size: int | None = option(help="None: scratch 64, transfer 32; halved until an epoch has 8 steps")
-    time_budget_s: float | None = option(help="--time: epochs chosen so the whole run ends within it")
-    optimizer: str = option("adamw", help="robust across architectures with no tuning")
-    lr: float | None = option(help="None: DEFAULT_LR_AT_64 (fine-tuning: a fifth of it) scaled to batch_size")
-    weight_decay: float | None = option(help="None: DEFAULT_WEIGHT_DECAY (the L2 of Keras tutorials)")
-    momentum: float = option(0.9, help="SGD's (Nesterov)")
-    norm_lr_scale: float = option(1.0, help="lr multiplier for normalisation layers' parameters (the speed runs train "
-                                            "BN shifts 64x faster)")
-    schedule: str = option("onecycle", help="warm-up then cosine decay: fastest to a good model at a fixed budget")
-    warmup_fraction: float = option(0.15, help="of all steps, for onecycle and triangular")
-    plateau_patience: int = option(3, help="epochs without val-loss improvement before lr *= plateau_factor")
-    plateau_factor: float = option(0.5, help="the lr's multiplier at each plateau")
-    early_stopping: int = option(10, help="epochs without val-loss improvement before stopping (0 = off); best weights restored")
-    ema: float = option(0.0, help="decay of an exponential moving average of the weights (e.g. 0.999; 0 = off)")
-    lookahead: bool = option(False, help="pull the weights to their slow average every 5 steps, ending on it (callbacks.Lookahead)")
-    label_smoothing: float = option(0.1, help="single-label only; better calibrated and slightly more accurate")
-    class_weights: bool = option(False, help="weight the loss by inverse class frequency, for imbalanced data")
-    grad_clip: float = option(0.0, help="max gradient norm (0 = off)")
-    distill_from: str | None = option(help="a (larger) imgcls bundle to distil from, trained on the same classes (train.distill)")
-    distill_temperature: float = option(4.0, help="softens the teacher's answers so the small ones carry signal "
-                                                  "(Hinton et al. use 1-20)")
-    distill_alpha: float = option(0.9, help="weight of the teacher's term; 1 - alpha goes to the labels")
+    epochs: int | None = None  # None: scratch 30; transfer: ~10k images seen, 5-30 epochs
+    batch_size: int | None = None  # None: scratch 64, transfer 32; halved until an epoch has 8 steps
+    time_budget_s: float | None = None  # --time: epochs chosen so the whole run ends within it
+    optimizer: str = "adamw"  # robust across architectures with no tuning
+    lr: float | None = None  # None: DEFAULT_LR_AT_64 (fine-tuning: a fifth of it) scaled to batch_size
+    weight_decay: float | None = None  # None: DEFAULT_WEIGHT_DECAY (the L2 of Keras tutorials)
+    momentum: float = 0.9  # SGD's (Nesterov)
+    # lr multiplier for normalisation layers' parameters (the speed runs train BN shifts 64x faster)
+    norm_lr_scale: float = 1.0
+    schedule: str = "onecycle"  # warm-up then cosine decay: fastest to a good model at a fixed budget
+    warmup_fraction: float = 0.15  # of all steps, for onecycle and triangular
+    plateau_patience: int = 3  # epochs without val-loss improvement before lr *= plateau_factor
+    plateau_factor: float = 0.5  # the lr's multiplier at each plateau
+    early_stopping: int = 10  # epochs without val-loss improvement before stopping (0 = off); best weights restored
+    ema: float = 0.0  # decay of an exponential moving average of the weights (e.g. 0.999; 0 = off)
+    lookahead: bool = False  # pull the weights to their slow average every 5 steps, ending on it (callbacks.Lookahead)
+    label_smoothing: float = 0.1  # single-label only; better calibrated and slightly more accurate
+    class_weights: bool = False  # weight the loss by inverse class frequency, for imbalanced data
+    grad_clip: float = 0.0  # max gradient norm (0 = off)
+    # a (larger) imgcls bundle to distil from, trained on the same classes (train.distill)
+    distill_from: str | None = None
+    # softens the teacher's answers so the small ones carry signal (Hinton et al. use 1-20)
+    distill_temperature: float = 4.0
+    distill_alpha: float = 0.9  # weight of the teacher's term; 1 - alpha goes to the labels
 
     def resolved_lr(self) -> float:
         return self.lr if self.lr is not None else DEFAULT_LR_AT_64[self.optimizer] * self.batch_size / 64
@@ -183,13 +184,13 @@ class OptimisationOptions:
 class RuntimeOptions:
     """Where and how the run executes; none of it changes what a run learns, except the seed."""
 
-    seed: int = option(0, help="the split, the initial weights, the augmentations' and batches' order")
-    device: str = option("auto", help="auto: cuda if available, else cpu")
-    precision: str = option("auto", help="auto: bf16 autocast on CUDA and on CPUs with native bf16, else fp32")
-    compile: bool = option(False, help="torch.compile the training step's model; slower on a 2-core CPU (bench/compile.py), so off")
-    workers: int | None = option(help="decode threads; None: every core")
-    decode_cache: DecodeCacheOptions | None = option(saved=False, help="where decoded images persist between runs; None: "
-                                                     "the environment's (the machine's, so not saved with the run)")
+    seed: int = 0  # the split, the initial weights, the augmentations' and batches' order
+    device: str = "auto"  # auto: cuda if available, else cpu
+    precision: str = "auto"  # auto: bf16 autocast on CUDA and on CPUs with native bf16, else fp32
+    compile: bool = False  # torch.compile the training step's model; slower on a 2-core CPU (bench/compile.py), so off
+    workers: int | None = None  # decode threads; None: every core
+    # where decoded images persist between runs; None: the environment's (the machine's, so not saved with the run)
+    decode_cache: DecodeCacheOptions | None = option(saved=False)
 
     def resolved_decode_cache(self) -> DecodeCacheOptions:
         from ..data.cache import DecodeCacheOptions
@@ -208,9 +209,9 @@ class RuntimeOptions:
 class OutputOptions:
     """What a run writes beside its bundle."""
 
-    logger: str = option("csv", help="experiment tracking: csv (history.csv only), tensorboard or mlflow (train.tracking)")
-    report: bool = option(True, help="write report.html at the end (~2 s on small data; its audit reuses the decode "
-                                     "pass's file hashes)")
+    logger: str = "csv"  # experiment tracking: csv (history.csv only), tensorboard or mlflow (train.tracking)
+    # write report.html at the end (~2 s on small data; its audit reuses the decode pass's file hashes)
+    report: bool = True
 
     def validate(self) -> None:
         from ..choices import LOGGERS
@@ -226,9 +227,9 @@ def _check_choice(name: str, value: str, choices) -> None:
 SECTIONS = {"data": DataOptions, "model": ModelOptions, "optimisation": OptimisationOptions,
             "runtime": RuntimeOptions, "output": OutputOptions}
 # Flat option name (the command line's and imgcls.train's) -> (section, field): every name is unique across sections.
-OPTIONS = {(f.metadata["name"] or f.name): (section, f.name) for section, cls in SECTIONS.items() for f in fields(cls)}
+OPTIONS = {(f.metadata.get("name") or f.name): (section, f.name) for section, cls in SECTIONS.items() for f in fields(cls)}
 SAVED_OPTIONS = [name for name, (section, attribute) in OPTIONS.items()
-                 if SECTIONS[section].__dataclass_fields__[attribute].metadata["saved"]]
+                 if SECTIONS[section].__dataclass_fields__[attribute].metadata.get("saved", True)]
 
 
 @dataclass
