@@ -4,10 +4,13 @@
     python bench/cifar10.py --epochs 8 --seeds 0 1 2
     python bench/cifar10.py --recipe none --model cnn-bn --epochs 15 --batch-size 256 --optimizer sgd
     python bench/cifar10.py --device cuda --compile --seeds 0 1 2     # the GPU row
+    python bench/cifar10.py --train-per-class 1000 --epochs 5 --lookahead timm   # timm's Lookahead in place of imgcls's
 
 Trains on 45k of the 50k training images (5k held out for validation), reports accuracy on the
 10k test images with `imgcls.evaluate` (so with the bundle's test-time augmentation), and the wall
-time of each step. The decode cache is off, so every row pays for decoding the JPEGs: the time a
+time of each step. --train-per-class N trains on the first N images of each class instead (the same test).
+--lookahead timm: the recipe with timm.optim.Lookahead wrapping its optimiser instead of imgcls's Lookahead
+callback (train.callbacks.Lookahead says why that one is hand-written). The decode cache is off, so every row pays for decoding the JPEGs: the time a
 first run on a new machine takes.
 
 epochs_s is the optimisation alone (the sum of the epochs' training passes, each ending on a device
@@ -22,12 +25,21 @@ import statistics
 import sys
 import time
 
-from common import dataset, decode_every_run, report
+from common import dataset, decode_every_run, report, training_subset
 
 from imgcls.evaluate.evaluation import evaluate
 from imgcls.runtime import resolve_device
 from imgcls.train.config import TrainConfig
+from imgcls.train.loop import Extensions
 from imgcls.train.run import train
+from imgcls.train.schedule import build_optimizer
+
+
+def timm_lookahead(config: TrainConfig) -> Extensions:
+    """The config's optimiser wrapped in timm's Lookahead (alpha 0.5, k 6: the paper's), its own one off."""
+    from timm.optim import Lookahead
+
+    return Extensions(optimizer=lambda model: Lookahead(build_optimizer(model, config)))
 
 
 def main() -> None:
@@ -40,12 +52,17 @@ def main() -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--compile", action="store_true", help="torch.compile the training step")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--train-per-class", type=int, metavar="N", help="the first N training images per class")
+    parser.add_argument("--lookahead", choices=("imgcls", "timm"), default="imgcls",
+                        help="whose Lookahead, where the recipe uses one")
     parser.add_argument("--out", default="/tmp/imgcls-bench-cifar10")
     args = parser.parse_args()
     decode_every_run()
-    data = dataset("cifar10-jpg.tar.gz", "cifar10")
+    data = training_subset(dataset("cifar10-jpg.tar.gz", "cifar10"), args.train_per_class)
     options = {k: v for k, v in (("model", args.model), ("epochs", args.epochs), ("batch_size", args.batch_size),
                                  ("optimizer", args.optimizer)) if v is not None}
+    folder_images = sum(1 for _ in (data / "train").glob("*/*"))  # 10% of them validate
+    variant = "-timm-lookahead" if args.lookahead == "timm" else ""
     device = resolve_device(args.device)
     on_gpu = device.type == "cuda"
     rows = []
@@ -53,12 +70,18 @@ def main() -> None:
         settings = dict(options, val_split=0.1, seed=seed, early_stopping=0, report=False, device=str(device),
                         compile=args.compile)
         config = TrainConfig.from_options(settings, None if args.recipe == "none" else args.recipe)
+        extensions = None
+        if args.lookahead == "timm" and config.optimisation.lookahead:
+            config = config.with_options(lookahead=False)
+            extensions = timm_lookahead(config)
         start = time.perf_counter()
-        result = train(data, f"{args.out}/{args.recipe}-seed{seed}", config, progress=sys.stderr.isatty())
+        result = train(data, f"{args.out}/{args.recipe}{variant}-seed{seed}", config, progress=sys.stderr.isatty(),
+                       extensions=extensions)
         trained = time.perf_counter() - start
         metrics, _ = evaluate(result.bundle_dir, data, split="test", device=str(device))
         epoch_seconds = [h["seconds"] for h in result.history]
-        row = {"recipe": args.recipe, "model": config.model.architecture, "seed": seed, "epochs": config.optimisation.epochs,
+        row = {"recipe": args.recipe, "model": config.model.architecture, "lookahead": args.lookahead,
+               "train_folder_images": folder_images, "seed": seed, "epochs": config.optimisation.epochs,
                "test_accuracy": round(metrics["accuracy"], 4), "train_wall_s": round(trained, 1),
                "epochs_s": round(sum(epoch_seconds), 2), "s_per_epoch": round(sum(epoch_seconds) / len(epoch_seconds), 2),
                "eval_wall_s": round(time.perf_counter() - start - trained, 1)}
@@ -66,7 +89,8 @@ def main() -> None:
             warmup = max(0.0, epoch_seconds[0] - statistics.median(epoch_seconds[1:]))
             row.update(warmup_s=round(warmup, 2), train_s=round(sum(epoch_seconds) - warmup, 2))
         rows.append(row)
-    name = f"cifar10-{args.recipe}-{config.optimisation.epochs}ep" + ("-cuda" if on_gpu else "") + ("-compiled" if args.compile else "")
+    name = (f"cifar10-{args.recipe}-{config.optimisation.epochs}ep" + (f"-train{args.train_per_class}" if args.train_per_class else "")
+            + variant + ("-cuda" if on_gpu else "") + ("-compiled" if args.compile else ""))
     report(name, rows, "python bench/cifar10.py " + " ".join(sys.argv[1:]))
 
 

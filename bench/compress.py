@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from common import dataset, report
+from common import dataset, report, training_subset
 from inference import images_per_second
 
 from imgcls.evaluate.evaluation import evaluate
@@ -74,16 +74,18 @@ def measure_int8(run: Path, label: str, runs: int, scratch: Path) -> list[dict]:
     return rows
 
 
-def measure_distill(teacher: Path, student: str, epochs: int, seed: int, out: Path) -> list[dict]:
-    """Test top-1 of `student` trained alone and distilled from `teacher`, on CIFAR-10, same epochs and seed."""
-    data = dataset("cifar10-jpg.tar.gz", "cifar10")
+def measure_distill(teacher: Path, student: str, epochs: int, seed: int, out: Path, per_class: int | None) -> list[dict]:
+    """Test top-1 of `student` trained alone and distilled from `teacher`, on CIFAR-10 (its first `per_class`
+    training images per class, when given), same epochs and seed."""
+    data = training_subset(dataset("cifar10-jpg.tar.gz", "cifar10"), per_class)
     rows = []
     for name, extra in (("alone", {}), ("distilled", {"distill_from": str(teacher)})):
         config = TrainConfig.from_options(model=student, epochs=epochs, seed=seed, val_split=0.1, early_stopping=0, report=False,
                              **extra)
         result = train(data, out / f"{student}-{name}", config, progress=sys.stderr.isatty())
         metrics, _ = evaluate(result.bundle_dir, data, split="test", device="cpu")
-        rows.append({"part": "distill", "model": student, "engine": name, "epochs": epochs, "seed": seed,
+        rows.append({"part": "distill", "model": student, "engine": name, "train_per_class": per_class or "all",
+                     "epochs": epochs, "seed": seed,
                      "test_top1": round(100 * metrics["accuracy"], 2), "ece": round(metrics["ece"], 4)})
     return rows
 
@@ -97,6 +99,8 @@ def main() -> None:
     parser.add_argument("--student", default="cnn-bn")
     parser.add_argument("--epochs", type=int, default=10, help="of both students")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train-per-class", type=int, metavar="N",
+                        help="distill: the students train on the first N CIFAR-10 training images per class")
     parser.add_argument("--out", type=Path, default=Path("/tmp/imgcls-bench-compress"))
     args = parser.parse_args()
     bundles = {name: run for name, run in (("224px", args.bundle_224), ("32px", args.bundle_32)) if run}
@@ -108,7 +112,7 @@ def main() -> None:
             for label, run in bundles.items():
                 rows += measure_int8(run, label, args.runs, Path(scratch))
     if "distill" in args.parts:
-        rows += measure_distill(args.bundle_32, args.student, args.epochs, args.seed, args.out)
+        rows += measure_distill(args.bundle_32, args.student, args.epochs, args.seed, args.out, args.train_per_class)
     columns = sorted({key for row in rows for key in row}, key=lambda key: min(list(r).index(key) for r in rows if key in r))
     name = "compress" if set(args.parts) == {"int8", "distill"} else "compress-" + "-".join(args.parts)
     report(name, [{key: row.get(key, "") for key in columns} for row in rows],
