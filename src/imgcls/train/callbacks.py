@@ -159,8 +159,9 @@ class Lookahead(Callback):
 
     Hand-written rather than timm.optim.Lookahead, which is the paper's version: a fixed pull (alpha 0.5)
     from the first step on, over parameters only, ending on the fast weights. This one averages the
-    BatchNorm statistics too and ends on the average; the speedrun recipe's figures (bench/cifar10.py)
-    were measured with it, and timm's has not been measured in its place."""
+    BatchNorm statistics too and ends on the average. Measured in its place on the speedrun recipe
+    (`python bench/cifar10.py --train-per-class 1000 --epochs 5 --seeds 0 [--lookahead timm]`, 2-core AMD EPYC):
+    72.0% CIFAR-10 test with this one, 69.5% with timm's, at the same speed."""
 
     def __init__(self, every: int = 5, decay: float = 0.95):
         self.every, self.decay, self.slow = every, decay, None
