@@ -115,6 +115,7 @@ def main() -> None:
         rows += measure_distill(args.bundle_32, args.student, args.epochs, args.seed, args.out, args.train_per_class)
     columns = sorted({key for row in rows for key in row}, key=lambda key: min(list(r).index(key) for r in rows if key in r))
     name = "compress" if set(args.parts) == {"int8", "distill"} else "compress-" + "-".join(args.parts)
+    name += f"-{args.student}" if args.parts == ["distill"] else ""
     report(name, [{key: row.get(key, "") for key in columns} for row in rows],
            "python bench/compress.py " + " ".join(sys.argv[1:]))
 

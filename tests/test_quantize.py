@@ -18,7 +18,8 @@ from imgcls.serve.service import load_models
 
 TINY_VALIDATION_MAX_DROP = 5.0
 RECORD_KEYS = {"top1_fp32", "top1_int8", "drop_points", "agreement", "per_class_recall", "ece_fp32",
-               "ece_int8_before_refit", "ece_int8", "temperature", "validation_images", "calibration_images"}
+               "ece_int8_before_refit", "ece_int8", "temperature", "validation_images", "calibration_images",
+               "speedup", "speed_batch", "cpu_has_vnni"}
 
 
 def run_cli(capsys, *argv):
@@ -55,6 +56,7 @@ def test_export_int8_writes_the_int8_model_beside_the_fp32_one_and_records_its_c
     assert record["validation_images"] == 40 and record["calibration_images"] > 0
     assert set(record["per_class_recall"]) == set(read_bundle_config(run).classes)
     assert record["temperature"] > 0
+    assert record["speedup"] > 0 and record["speed_batch"] == 32  # measured here, on 32 of the validation images
 
 
 def test_the_run_report_shows_the_int8_check(int8_run):
@@ -62,6 +64,7 @@ def test_the_run_report_shows_the_int8_check(int8_run):
     record = read_bundle_config(run).int8_export
     html = (run / "report.html").read_text(encoding="utf-8")
     assert '<section id="int8">' in html and f"{record['top1_int8']:.2f}%" in html
+    assert f"{record['speedup']:.2f}x fp32 on the machine that exported it" in html
 
 
 def test_an_int8_model_losing_more_than_max_drop_is_refused_and_the_fp32_export_kept(trained_run, tmp_path, capsys):

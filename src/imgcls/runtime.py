@@ -40,6 +40,14 @@ def _cpu_has_native_bf16() -> bool:
     return any(getattr(torch.cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
 
+def cpu_has_vnni() -> bool:
+    """AVX512-VNNI: int8 dot products in one instruction, where ONNX Runtime's int8 kernels gain most over fp32.
+    (torch names the probe differently across versions.)"""
+    import torch
+
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in ("_is_vnni_supported", "_is_cpu_support_vnni"))
+
+
 def compute_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
     """The autocast dtype for the forward pass, or None for plain fp32."""
     import torch

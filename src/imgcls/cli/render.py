@@ -138,4 +138,6 @@ def int8_check(record: dict) -> str:
             f"points lost) on {record['validation_images']} validation images; {100 * record['agreement']:.1f}% same "
             f"class\nECE {record['ece_int8']:.4f} at the re-fitted temperature {record['temperature']:.3g} "
             f"(fp32 {record['ece_fp32']:.4f}; int8 before re-fitting {record['ece_int8_before_refit']:.4f})\n"
-            f"calibrated on {record['calibration_images']} training images")
+            f"calibrated on {record['calibration_images']} training images"
+            + (f"; {record['speedup']:.2f}x the fp32 model's speed on this machine (batch {record['speed_batch']})"
+               if "speedup" in record else ""))

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import logging
 import math
+import statistics
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +33,7 @@ from ..models.bundle import find_bundle, read_bundle_config, update_bundle_confi
 from ..models.classifier import tta_logits
 from ..predict.session import INPUT_NAME, ONNX_FILE, OnnxModel, int8_path
 from ..rundir import RunDir
+from ..runtime import cpu_has_vnni
 from ..train.calibration import fit_temperature
 
 log = logging.getLogger(__name__)
@@ -38,6 +41,8 @@ log = logging.getLogger(__name__)
 CALIBRATION_IMAGES = 256  # activation ranges settle by ~100 images (MinMax); a few hundred decode in seconds
 MAX_DROP_POINTS = 1.0  # top-1 percentage points the int8 model may lose against fp32 on validation
 BATCH = 32  # images per ONNX Runtime call while calibrating and checking
+SPEED_ROUNDS = 5  # timed rounds of the speed check; the median ratio is recorded
+SLOW_SPEEDUP = 1.2  # below it the export warns that int8 buys little on this machine
 # Conv, MatMul and Gemm carry the work. Clip and Relu are listed so that they are folded into the ranges of
 # the convolutions before them (ORT then drops them), and Add so that residual sums stay in int8: with the
 # first three alone every activation goes back to float for its Clip, and MobileNetV2 at 224 px ran no
@@ -103,6 +108,21 @@ def _quantize(fp32: Path, int8: str, pixels: np.ndarray) -> None:
         q.quantize_static(prepared, int8, _calibration_reader(pixels), quant_format=q.QuantFormat.QDQ, per_channel=True,
                           reduce_range=False, activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
                           op_types_to_quantize=list(QUANTIZED_OPS), nodes_to_exclude=_float_ends(prepared))
+
+
+def _speedup(fp32: OnnxModel, int8: OnnxModel, pixels: np.ndarray) -> float:
+    """int8's speed over fp32's on this machine, on a batch of the validation images: the median of rounds that
+    time the two in turn, so that a busy neighbour slows both alike. int8 pays off on some CPUs, not on all."""
+    batch = to_model_input(torch.as_tensor(pixels[:BATCH]))
+    fp32(batch), int8(batch)  # warm-up: first-call allocations
+    ratios = []
+    for _ in range(SPEED_ROUNDS):
+        start = time.perf_counter()
+        fp32(batch)
+        middle = time.perf_counter()
+        int8(batch)
+        ratios.append((middle - start) / (time.perf_counter() - middle))
+    return round(statistics.median(ratios), 2)
 
 
 def _logits(model: OnnxModel, pixels: np.ndarray, tta: str) -> torch.Tensor:
@@ -173,6 +193,8 @@ def export_int8(bundle: str | Path, fp32_path: str | Path | None = None, max_dro
                 f"({result.record['top1_fp32']:.2f}% -> {result.record['top1_int8']:.2f}% on "
                 f"{len(labels)} validation images; --max-drop {max_drop:g}) and was not written; {fp32_path.name} "
                 "is kept: use --engine onnx, or allow more with --max-drop")
+        result.record.update(speedup=_speedup(OnnxModel(fp32_path), OnnxModel(tmp), val_pixels),
+                             speed_batch=min(BATCH, len(val_pixels)), cpu_has_vnni=cpu_has_vnni())
 
     try:
         atomic_write(path, write_and_check)
@@ -181,7 +203,12 @@ def export_int8(bundle: str | Path, fp32_path: str | Path | None = None, max_dro
         update_bundle_config(folder, int8_export=None)
         raise
     update_bundle_config(folder, int8_export=result.record)
-    log.info("int8 model: top-1 %.2f%% (fp32 %.2f%%), agreement %.1f%%, ECE %.4f at T = %.3g",
-             result.record["top1_int8"], result.record["top1_fp32"], 100 * result.record["agreement"],
-             result.record["ece_int8"], result.record["temperature"])
+    log.info("int8 model: top-1 %.2f%% (fp32 %.2f%%), agreement %.1f%%, ECE %.4f at T = %.3g; %.2fx the fp32 "
+             "model's speed on this machine", result.record["top1_int8"], result.record["top1_fp32"],
+             100 * result.record["agreement"], result.record["ece_int8"], result.record["temperature"],
+             result.record["speedup"])
+    if result.record["speedup"] < SLOW_SPEEDUP:
+        log.warning("the int8 model is only %.2fx as fast as fp32 here%s; --engine onnx may serve as well",
+                    result.record["speedup"], "" if result.record["cpu_has_vnni"] else
+                    " (this CPU lacks AVX512-VNNI, the int8 instructions with which int8 gains most)")
     return result
