@@ -39,7 +39,7 @@ def timm_lookahead(config: TrainConfig) -> Extensions:
     """The config's optimiser wrapped in timm's Lookahead (alpha 0.5, k 6: the paper's), its own one off."""
     from timm.optim import Lookahead
 
-    return Extensions(optimizer=lambda model: Lookahead(build_optimizer(model, config)))
+    return Extensions(optimizer=lambda model: Lookahead(build_optimizer(model, config.optimisation)))
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ from common import report
 from imgcls.models.classifier import Classifier
 from imgcls.models.registry import create_model
 from imgcls.runtime import autocast, compute_dtype, resolve_device
-from imgcls.train.config import TrainConfig
+from imgcls.train.config import OptimisationOptions
 from imgcls.train.schedule import build_optimizer
 
 WARMUP_STEPS = 3
@@ -30,7 +30,7 @@ def step_times(name: str, compiled: bool, precision: str, batch_size: int, steps
     """(seconds spent in the warm-up steps, median seconds per step after them)."""
     torch.manual_seed(0)
     model = Classifier(create_model(name, num_classes=10, img_size=32)).to(device).to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, TrainConfig.from_options(optimizer="sgd", batch_size=batch_size))
+    optimizer = build_optimizer(model, OptimisationOptions(optimizer="sgd", batch_size=batch_size))
     forward = torch.compile(model) if compiled else model
     images = torch.rand(batch_size, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
     labels = torch.randint(0, 10, (batch_size,), device=device)

@@ -19,7 +19,7 @@ import torch
 from common import report
 
 from imgcls.models.registry import create_model
-from imgcls.train.config import TrainConfig
+from imgcls.train.config import OptimisationOptions
 from imgcls.train.schedule import build_optimizer
 
 MODELS = {"speedrun-cnn": 32, "resnet26d": 128, "resnet50d": 128}
@@ -47,8 +47,8 @@ def main() -> None:
         model = create_model(name, num_classes=10, img_size=size)
         params = sum(p.numel() for p in model.parameters())
         for optimizer in OPTIMIZERS:
-            as_built = build_optimizer(model, TrainConfig.from_options(optimizer=optimizer))
-            with_foreach = build_optimizer(model, TrainConfig.from_options(optimizer=optimizer))
+            as_built = build_optimizer(model, OptimisationOptions(optimizer=optimizer, batch_size=64))
+            with_foreach = build_optimizer(model, OptimisationOptions(optimizer=optimizer, batch_size=64))
             for group in with_foreach.param_groups:
                 group["fused"], group["foreach"] = False, True
             fused, foreach = step_ms(model, as_built, args.repeats), step_ms(model, with_foreach, args.repeats)

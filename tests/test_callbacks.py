@@ -12,7 +12,7 @@ import imgcls
 from imgcls.errors import ImgclsError
 from imgcls.rundir import RunDir
 from imgcls.train.callbacks import EarlyStopping
-from imgcls.train.config import TrainConfig
+from imgcls.train.config import OptimisationOptions
 from imgcls.train.schedule import build_scheduler, replan
 
 from conftest import FAST_CONFIG
@@ -104,7 +104,7 @@ def test_the_built_in_schedules_give_the_learning_rates_they_always_gave(kind):
     groups = [{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 0.4},
               {"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 0.04}]  # e.g. layer-wise lr scales
     optimizer = torch.optim.SGD(groups, lr=0.4)
-    scheduler = build_scheduler(optimizer, TrainConfig.from_options(schedule=kind, warmup_fraction=0.15), total_steps=100)
+    scheduler = build_scheduler(optimizer, OptimisationOptions(schedule=kind, warmup_fraction=0.15), total_steps=100)
     for step in range(101):
         for group, base in zip(optimizer.param_groups, (0.4, 0.04)):
             assert group["lr"] == pytest.approx(base * hand_written_multiplier(kind, step, 100, 0.15), abs=1e-12)
@@ -114,7 +114,7 @@ def test_the_built_in_schedules_give_the_learning_rates_they_always_gave(kind):
 
 def test_a_replanned_schedule_still_ends_at_zero():
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    scheduler = build_scheduler(optimizer, TrainConfig.from_options(schedule="onecycle"), total_steps=100)
+    scheduler = build_scheduler(optimizer, OptimisationOptions(schedule="onecycle"), total_steps=100)
     for _ in range(30):
         optimizer.step()
         scheduler.step()
@@ -127,7 +127,7 @@ def test_a_replanned_schedule_still_ends_at_zero():
 
 def test_the_plateau_schedule_cuts_the_lr_on_the_patience_th_epoch_without_progress():
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    scheduler = build_scheduler(optimizer, TrainConfig.from_options(schedule="plateau", plateau_patience=2, plateau_factor=0.5),
+    scheduler = build_scheduler(optimizer, OptimisationOptions(schedule="plateau", plateau_patience=2, plateau_factor=0.5),
                                 total_steps=100)
     rates = []
     for val_loss in [1.0, 0.9, 0.95, 0.96, 0.90005, 0.8, 0.85, 0.86]:  # 0.90005: not better by 1e-4

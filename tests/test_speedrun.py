@@ -19,7 +19,7 @@ from imgcls.predict.predictor import Predictor
 from imgcls.models.classifier import tta_logits
 from imgcls.runtime import compute_dtype
 from imgcls.train.callbacks import Lookahead
-from imgcls.train.config import TrainConfig
+from imgcls.train.config import OptimisationOptions, TrainConfig
 from imgcls.train.run import train
 from imgcls.train.schedule import build_optimizer, build_scheduler
 from imgcls.train.transfer import keep_frozen_batchnorm_in_eval
@@ -66,7 +66,7 @@ def test_shift_preset_moves_digits_without_mirroring_them():
 
 def test_triangular_schedule_rises_linearly_then_falls_to_zero():
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.4)
-    schedule = build_scheduler(optimizer, TrainConfig.from_options(schedule="triangular", warmup_fraction=0.2), total_steps=100)
+    schedule = build_scheduler(optimizer, OptimisationOptions(schedule="triangular", warmup_fraction=0.2), total_steps=100)
     lrs = []
     for _ in range(100):
         lrs.append(optimizer.param_groups[0]["lr"])
@@ -122,7 +122,7 @@ def test_speedrun_cnn_starts_as_identity_convs_and_trains_only_batchnorm_shifts(
     passthrough[torch.arange(64), torch.arange(64), 1, 1] = 1
     assert torch.equal(conv.weight[:64], passthrough)
     norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    optimizer = build_optimizer(model, TrainConfig.from_options(recipe="speedrun"))
+    optimizer = build_optimizer(model, TrainConfig.from_options(recipe="speedrun").optimisation)
     before = [(n.weight.clone(), n.bias.clone()) for n in norms]
     model.train()
     keep_frozen_batchnorm_in_eval(model)

@@ -140,10 +140,10 @@ class Trainer:
         self.augment, self.loss_fn = augment, loss_fn
         self.callbacks = sorted(callbacks + extensions.callbacks, key=lambda callback: callback.order)  # stable
         self.optimizer = (extensions.optimizer(model) if extensions.optimizer is not None
-                          else build_optimizer(model, config, lr_scales))
+                          else build_optimizer(model, config.optimisation, lr_scales))
         self.step_count, self.total_steps = 0, config.optimisation.epochs * len(train_batches)  # optimizer steps
         self.scheduler = (extensions.scheduler(self.optimizer, self.total_steps) if extensions.scheduler is not None
-                          else build_scheduler(self.optimizer, config, self.total_steps))
+                          else build_scheduler(self.optimizer, config.optimisation, self.total_steps))
         self.augment_generator = torch.Generator().manual_seed(config.runtime.seed + 2 + AUGMENT_SEED_STRIDE * ranks.rank)
         self.epoch, self.history, self.stop_training = 0, [], False
         self.batchnorm_stale = False  # set by callbacks that change the weights after the last validation

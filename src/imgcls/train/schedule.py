@@ -9,31 +9,32 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, ReduceLROnPlateau
 
-from .config import TrainConfig
+from .config import OptimisationOptions
 
 NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
 
 
-def build_optimizer(model: nn.Module, config: TrainConfig, lr_scales: dict[str, float] | None = None) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, options: OptimisationOptions,
+                    lr_scales: dict[str, float] | None = None) -> torch.optim.Optimizer:
     """One group per (lr scale, decay or not). No weight decay on biases and norm parameters:
     decaying them only hurts (Goyal et al. 2017). Frozen parameters are included: they get no
     gradient, so the optimizer skips them until they are unfrozen."""
-    lr, weight_decay = config.optimisation.resolved_lr(), config.optimisation.resolved_weight_decay()
+    lr, weight_decay = options.resolved_lr(), options.resolved_weight_decay()
     in_norms = {id(p) for m in model.modules() if isinstance(m, NORM_LAYERS) for p in m.parameters(recurse=False)}
     grouped: dict[tuple[float, bool], list] = {}
     for name, param in model.named_parameters():
-        scale = (lr_scales or {}).get(name, 1.0) * (config.optimisation.norm_lr_scale if id(param) in in_norms else 1.0)
+        scale = (lr_scales or {}).get(name, 1.0) * (options.norm_lr_scale if id(param) in in_norms else 1.0)
         grouped.setdefault((scale, param.ndim > 1), []).append(param)
     groups = [{"params": params, "lr": lr * scale, "weight_decay": weight_decay if decays else 0.0}
               for (scale, decays), params in grouped.items()]
     # fused: one kernel per step rather than a dozen passes over every parameter; on 2 CPU cores the
     # AdamW step of resnet26d takes 5.5 ms instead of 23.5 ms (bench/optimizer.py).
-    if config.optimisation.optimizer == "adamw":
+    if options.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=lr, fused=True)
-    if config.optimisation.optimizer == "adam":  # L2 through the gradient, as Keras' kernel_regularizer does
+    if options.optimizer == "adam":  # L2 through the gradient, as Keras' kernel_regularizer does
         return torch.optim.Adam(groups, lr=lr, fused=True)
-    if config.optimisation.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=config.optimisation.momentum, nesterov=config.optimisation.momentum > 0, fused=True)
+    if options.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=options.momentum, nesterov=options.momentum > 0, fused=True)
     return torch.optim.RMSprop(groups, lr=lr, foreach=True)  # PyTorch has no fused RMSprop
 
 
@@ -69,15 +70,15 @@ class LrMultiplier:
 Scheduler = Union[LRScheduler, ReduceLROnPlateau]  # Union: the alias is evaluated at import, on Python 3.9 too
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int) -> Scheduler:
-    """The schedule `config.optimisation.schedule` names: LambdaLR over LrMultiplier, stepped after every optimizer
+def build_scheduler(optimizer: torch.optim.Optimizer, options: OptimisationOptions, total_steps: int) -> Scheduler:
+    """The schedule `options.schedule` names: LambdaLR over LrMultiplier, stepped after every optimizer
     step, or for plateau a constant lr cut by ReduceLROnPlateau, stepped after every epoch on val_loss."""
-    if config.optimisation.schedule == "plateau":
+    if options.schedule == "plateau":
         # Cut on the plateau_patience-th epoch without progress: torch counts the epochs it waits past patience.
-        return ReduceLROnPlateau(optimizer, mode="min", factor=config.optimisation.plateau_factor,
-                                 patience=max(0, config.optimisation.plateau_patience - 1), threshold=PLATEAU_THRESHOLD,
+        return ReduceLROnPlateau(optimizer, mode="min", factor=options.plateau_factor,
+                                 patience=max(0, options.plateau_patience - 1), threshold=PLATEAU_THRESHOLD,
                                  threshold_mode="abs")
-    return LambdaLR(optimizer, LrMultiplier(config.optimisation.schedule, config.optimisation.warmup_fraction, total_steps))
+    return LambdaLR(optimizer, LrMultiplier(options.schedule, options.warmup_fraction, total_steps))
 
 
 def replan(scheduler: Scheduler, total_steps: int) -> bool:
