@@ -35,17 +35,19 @@ PRECISIONS = ("auto", "fp32", "bf16")
 def _cpu_has_native_bf16() -> bool:
     """AVX512-BF16 or AMX: bf16 convolutions ~1.7x faster than fp32 (measured on Zen 4, cnn-bn and
     speedrun-cnn training). Without them oneDNN emulates bf16 and it is slower than fp32."""
-    import torch
-
-    return any(getattr(torch.cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return _cpu_supports("_is_avx512_bf16_supported", "_is_amx_tile_supported")
 
 
 def cpu_has_vnni() -> bool:
-    """AVX512-VNNI: int8 dot products in one instruction, where ONNX Runtime's int8 kernels gain most over fp32.
-    (torch names the probe differently across versions.)"""
+    """AVX512-VNNI: int8 dot products in one instruction, where ONNX Runtime's int8 kernels gain most over fp32."""
+    return _cpu_supports("_is_vnni_supported", "_is_cpu_support_vnni")  # torch 2.5+'s name, then 2.4's
+
+
+def _cpu_supports(*probes: str) -> bool:
+    """Whether any of torch's CPU feature probes of these names says yes (a probe torch lacks says no)."""
     import torch
 
-    return any(getattr(torch.cpu, probe, lambda: False)() for probe in ("_is_vnni_supported", "_is_cpu_support_vnni"))
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
 
 
 def compute_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
