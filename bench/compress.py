@@ -12,7 +12,8 @@ temperature). Targets: int8 >= 2x fp32 ONNX at batch 32, <= 1 point of top-1 los
 the speedrun CIFAR-10 model (`python bench/cifar10.py`, or `imgcls train cifar10/ --recipe speedrun`).
 
 distill: on CIFAR-10 (shared/data), --student trained alone and trained with --distill-from the --bundle-32
-teacher, at the same --epochs and seed; test top-1 of both. Target: distilled >= alone + 2 points.
+teacher, at the same --epochs, once per --seeds; test top-1 of each and the median gain. Target: distilled >= alone
++ 2 points.
 Pin to 2 cores with taskset: ONNX Runtime and PyTorch use every core this process may run on.
 """
 from __future__ import annotations
@@ -74,19 +75,24 @@ def measure_int8(run: Path, label: str, runs: int, scratch: Path) -> list[dict]:
     return rows
 
 
-def measure_distill(teacher: Path, student: str, epochs: int, seed: int, out: Path, per_class: int | None) -> list[dict]:
+def measure_distill(teacher: Path, student: str, epochs: int, seeds: list[int], out: Path,
+                    per_class: int | None) -> list[dict]:
     """Test top-1 of `student` trained alone and distilled from `teacher`, on CIFAR-10 (its first `per_class`
-    training images per class, when given), same epochs and seed."""
+    training images per class, when given), same epochs, for each seed; then the median gain over the seeds."""
     data = training_subset(dataset("cifar10-jpg.tar.gz", "cifar10"), per_class)
     rows = []
-    for name, extra in (("alone", {}), ("distilled", {"distill_from": str(teacher)})):
-        config = TrainConfig.from_options(model=student, epochs=epochs, seed=seed, val_split=0.1, early_stopping=0, report=False,
-                             **extra)
-        result = train(data, out / f"{student}-{name}", config, progress=sys.stderr.isatty())
-        metrics, _ = evaluate(result.bundle_dir, data, split="test", device="cpu")
-        rows.append({"part": "distill", "model": student, "engine": name, "train_per_class": per_class or "all",
-                     "epochs": epochs, "seed": seed,
-                     "test_top1": round(100 * metrics["accuracy"], 2), "ece": round(metrics["ece"], 4)})
+    for seed in seeds:
+        for name, extra in (("alone", {}), ("distilled", {"distill_from": str(teacher)})):
+            config = TrainConfig.from_options(model=student, epochs=epochs, seed=seed, val_split=0.1, early_stopping=0,
+                                              report=False, **extra)
+            result = train(data, out / f"{student}-{name}-seed{seed}", config, progress=sys.stderr.isatty())
+            metrics, _ = evaluate(result.bundle_dir, data, split="test", device="cpu")
+            rows.append({"part": "distill", "model": student, "engine": name, "train_per_class": per_class or "all",
+                         "epochs": epochs, "seed": seed,
+                         "test_top1": round(100 * metrics["accuracy"], 2), "ece": round(metrics["ece"], 4)})
+    gains = [distilled["test_top1"] - alone["test_top1"] for alone, distilled in zip(rows[::2], rows[1::2])]
+    rows.append({"part": "distill", "model": student, "engine": "median gain", "train_per_class": per_class or "all",
+                 "epochs": epochs, "seed": ",".join(map(str, seeds)), "test_top1": round(statistics.median(gains), 2)})
     return rows
 
 
@@ -98,7 +104,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="timed rounds; the median is reported")
     parser.add_argument("--student", default="cnn-bn")
     parser.add_argument("--epochs", type=int, default=10, help="of both students")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="distill: a pair of students per seed")
     parser.add_argument("--train-per-class", type=int, metavar="N",
                         help="distill: the students train on the first N CIFAR-10 training images per class")
     parser.add_argument("--out", type=Path, default=Path("/tmp/imgcls-bench-compress"))
@@ -112,7 +118,7 @@ def main() -> None:
             for label, run in bundles.items():
                 rows += measure_int8(run, label, args.runs, Path(scratch))
     if "distill" in args.parts:
-        rows += measure_distill(args.bundle_32, args.student, args.epochs, args.seed, args.out, args.train_per_class)
+        rows += measure_distill(args.bundle_32, args.student, args.epochs, args.seeds, args.out, args.train_per_class)
     columns = sorted({key for row in rows for key in row}, key=lambda key: min(list(r).index(key) for r in rows if key in r))
     name = "compress" if set(args.parts) == {"int8", "distill"} else "compress-" + "-".join(args.parts)
     name += f"-{args.student}" if args.parts == ["distill"] else ""

@@ -29,7 +29,9 @@ CLASSES = [f"class{i}" for i in range(10)]
 
 def images_per_second(candidates: dict, images: torch.Tensor, runs: int, batches: int,
                       warmup: int) -> dict[str, list[float]]:
-    """engine name -> images/s of each round."""
+    """engine name -> images/s of each round. Each timed call follows an untimed one of the same engine:
+    an engine's threads spin for a while after it returns (OpenMP's, ONNX Runtime's), and on 2 cores the
+    next engine timed straight after ran at half its speed (int8 1.68x fp32 one way round, 1.22x settled)."""
     inputs = {name: images.contiguous(memory_format=layout) for name, (_, layout) in candidates.items()}
     for name, (model, _) in candidates.items():
         for _ in range(warmup):
@@ -37,6 +39,7 @@ def images_per_second(candidates: dict, images: torch.Tensor, runs: int, batches
     rates = {name: [] for name in candidates}
     for _ in range(runs):
         for name, (model, _) in candidates.items():
+            model(inputs[name])  # settle: the previous engine's threads stop spinning, this one's wake
             start = time.perf_counter()
             for _ in range(batches):
                 model(inputs[name])

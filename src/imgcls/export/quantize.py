@@ -112,16 +112,20 @@ def _quantize(fp32: Path, int8: str, pixels: np.ndarray) -> None:
 
 def _speedup(fp32: OnnxModel, int8: OnnxModel, pixels: np.ndarray) -> float:
     """int8's speed over fp32's on this machine, on a batch of the validation images: the median of rounds that
-    time the two in turn, so that a busy neighbour slows both alike. int8 pays off on some CPUs, not on all."""
+    time the two in turn, so that a busy neighbour slows both alike. int8 pays off on some CPUs, not on all.
+    Each timed call follows an untimed one of the same model: ONNX Runtime's threads spin for a while after a
+    call, and on 2 cores the model timed straight after the other ran at up to half its speed."""
     batch = to_model_input(torch.as_tensor(pixels[:BATCH]))
     fp32(batch), int8(batch)  # warm-up: first-call allocations
     ratios = []
     for _ in range(SPEED_ROUNDS):
-        start = time.perf_counter()
-        fp32(batch)
-        middle = time.perf_counter()
-        int8(batch)
-        ratios.append((middle - start) / (time.perf_counter() - middle))
+        seconds = []
+        for model in (fp32, int8):
+            model(batch)  # settle
+            start = time.perf_counter()
+            model(batch)
+            seconds.append(time.perf_counter() - start)
+        ratios.append(seconds[0] / seconds[1])
     return round(statistics.median(ratios), 2)
 
 
