@@ -6,8 +6,8 @@ ONNX Runtime for MobileNetV2 at 224 px, batch 32, on 2 CPU cores).
 The model is timm's with random weights (speed does not depend on them) and a 10-class head,
 saved as a bundle and exported with imgcls.export, so ONNX Runtime runs the very file users
 deploy. Every engine gets the same float input and warm-up batches, then `--runs` rounds in which
-each engine in turn times `--batches` batches (taking turns, a busy neighbour slows all engines
-alike); the table shows the median images/s over the rounds and their spread.
+each engine in turn runs one untimed batch and times `--batches` batches (taking turns, a busy neighbour
+slows all engines alike); the table shows the median images/s over the rounds and their spread.
 """
 from __future__ import annotations
 
