@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import onnx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -19,7 +20,7 @@ from imgcls.serve.service import load_models
 TINY_VALIDATION_MAX_DROP = 5.0
 RECORD_KEYS = {"top1_fp32", "top1_int8", "drop_points", "agreement", "per_class_recall", "ece_fp32",
                "ece_int8_before_refit", "ece_int8", "temperature", "validation_images", "calibration_images",
-               "speedup", "speed_batch", "cpu_has_vnni"}
+               "speedup", "speed_batch", "cpu_has_vnni", "float_layers"}
 
 
 def run_cli(capsys, *argv):
@@ -57,6 +58,9 @@ def test_export_int8_writes_the_int8_model_beside_the_fp32_one_and_records_its_c
     assert set(record["per_class_recall"]) == set(read_bundle_config(run).classes)
     assert record["temperature"] > 0
     assert record["speedup"] > 0 and record["speed_batch"] == 32  # measured here, on 32 of the validation images
+    weighted = [node.name for node in onnx.load(run / "model" / ONNX_FILE).graph.node if node.op_type in ("Conv", "Gemm", "MatMul")]
+    assert len(record["float_layers"]) in (2, 4) and set(record["float_layers"]) <= set(weighted)
+    assert weighted[-1] in record["float_layers"]  # the classifier, and the stem (named otherwise once fused)
 
 
 def test_the_run_report_shows_the_int8_check(int8_run):

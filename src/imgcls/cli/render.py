@@ -139,5 +139,6 @@ def int8_check(record: dict) -> str:
             f"class\nECE {record['ece_int8']:.4f} at the re-fitted temperature {record['temperature']:.3g} "
             f"(fp32 {record['ece_fp32']:.4f}; int8 before re-fitting {record['ece_int8_before_refit']:.4f})\n"
             f"calibrated on {record['calibration_images']} training images"
+            + (f"; {len(record['float_layers'])} layers kept in float" if "float_layers" in record else "")
             + (f"; {record['speedup']:.2f}x the fp32 model's speed on this machine (batch {record['speed_batch']})"
                if "speedup" in record else ""))

@@ -277,6 +277,7 @@ def _int8_section(record: dict) -> str:
                        ("calibration images", f"{record['calibration_images']} (training split)"),
                        *([("speed", f"{record['speedup']:.2f}x fp32 on the machine that exported it (batch "
                                     f"{record['speed_batch']})")] if "speedup" in record else []),
+                       *([("kept in float", ", ".join(record["float_layers"]))] if "float_layers" in record else []),
                        ("ECE", f"fp32 {record['ece_fp32']:.4f}; int8 {record['ece_int8_before_refit']:.4f} at the fp32 "
                                f"temperature, {record['ece_int8']:.4f} at its own ({record['temperature']:.3g})")])
             + H.details("int8 recall per class", H.table(["class", "recall"], recall)))
