@@ -142,8 +142,8 @@ def _quantize_best(fp32: Path, int8: str, calibration: np.ndarray, val_pixels: n
         prepared = _prepare(fp32, scratch)
         for early in EARLY_FLOAT_CANDIDATES:
             float_layers = _float_layers(prepared, early)
-            if chosen is not None and float_layers == chosen.float_layers:
-                continue  # a network too small to have layers after its stem
+            if chosen is not None and (float_layers == chosen.float_layers or chosen.agreement + MIN_AGREEMENT_GAIN > 1):
+                break  # a network too small to have layers after its stem, or one that can hardly agree more
             path = Path(scratch) / f"int8-{early}.onnx"
             _quantize(prepared, str(path), calibration, float_layers)
             logits = _logits(OnnxModel(path), val_pixels, tta)
