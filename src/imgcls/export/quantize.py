@@ -96,11 +96,15 @@ def _calibration_reader(pixels: np.ndarray):
     return Reader()
 
 
-def _float_layers(model_path: str, early: int) -> list[str]:
-    """The weighted nodes kept in float: the first (the stem convolution), the `early` ones after it, and the
-    last (the classifier), in graph order."""
+def _weighted_nodes(model_path: str) -> list[str]:
+    """The names of the Conv, MatMul and Gemm nodes, in graph order."""
     graph = require("onnx", "onnx").load(model_path).graph
-    weighted = [node.name for node in graph.node if node.op_type in ("Conv", "MatMul", "Gemm")]
+    return [node.name for node in graph.node if node.op_type in ("Conv", "MatMul", "Gemm")]
+
+
+def _float_layers(weighted: list[str], early: int) -> list[str]:
+    """The weighted nodes kept in float: the first (the stem convolution), the `early` ones after it, and the
+    last (the classifier)."""
     return list(dict.fromkeys(weighted[: 1 + early] + weighted[-1:]))
 
 
@@ -140,8 +144,9 @@ def _quantize_best(fp32: Path, int8: str, calibration: np.ndarray, val_pixels: n
     chosen = None
     with tempfile.TemporaryDirectory(prefix="imgcls-int8-") as scratch:
         prepared = _prepare(fp32, scratch)
+        weighted = _weighted_nodes(prepared)
         for early in EARLY_FLOAT_CANDIDATES:
-            float_layers = _float_layers(prepared, early)
+            float_layers = _float_layers(weighted, early)
             if chosen is not None and (float_layers == chosen.float_layers or chosen.agreement + MIN_AGREEMENT_GAIN > 1):
                 break  # a network too small to have layers after its stem, or one that can hardly agree more
             path = Path(scratch) / f"int8-{early}.onnx"
