@@ -62,11 +62,14 @@ def test_frozen_backbone_without_augmentation_fits_the_head_on_features_computed
 
 
 def test_finetune_trains_the_head_first_then_everything_with_layer_wise_rates(trained_run, digits_dir, tmp_path):
-    config = TrainConfig.from_options(TRANSFER, epochs=2, init_from=str(trained_run.run_dir), mode="finetune", head_epochs=1)
+    config = TrainConfig.from_options(TRANSFER, epochs=2, init_from=str(trained_run.run_dir), mode="finetune", head_epochs=1,
+                                      schedule="constant")
     result = train(digits_dir, tmp_path / "run", config, progress=False)
     checkpoint = torch.load(result.run_dir / "checkpoint.pt", weights_only=True)
     rates = sorted({group["initial_lr"] for group in checkpoint["optimizer"]["param_groups"]})  # before the schedule
     assert len(rates) > 2  # one rate per depth
+    # The epoch line and history.csv show the rate --lr sets (the head's), not the stem's, far lower.
+    assert [h["lr"] for h in result.history] == pytest.approx([rates[-1]] * 2)
     # unfrozen in epoch 2: the checkpoint holds the weights epoch 2 ended on (the bundle may hold an earlier,
     # better-validated epoch's)
     source = _weights(trained_run.run_dir)

@@ -26,7 +26,7 @@ from ..models.classifier import tta_logits
 from ..runtime import autocast
 from .callbacks import Callback
 from .config import TrainConfig
-from .schedule import Scheduler, build_optimizer, build_scheduler, replan
+from .schedule import Scheduler, base_lr, build_optimizer, build_scheduler, replan
 from .transfer import is_frozen_batchnorm, keep_frozen_batchnorm_in_eval
 
 log = logging.getLogger(__name__)
@@ -213,7 +213,7 @@ class Trainer:
         totals = all_reduce_sum(torch.stack([loss_sum, correct.float(), torch.tensor(float(seen), device=self.device)]),
                                 self.ranks).tolist()  # every process's images
         return {"epoch": self.epoch, "train_loss": totals[0] / totals[2], "train_accuracy": totals[1] / totals[2],
-                "lr": self.optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - start}
+                "lr": base_lr(self.optimizer), "seconds": time.perf_counter() - start}
 
     def prepare_step_model(self) -> None:
         """What a step calls: the model, compiled on request, and with several processes wrapped in

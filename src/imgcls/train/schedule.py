@@ -25,7 +25,7 @@ def build_optimizer(model: nn.Module, options: OptimisationOptions,
     for name, param in model.named_parameters():
         scale = (lr_scales or {}).get(name, 1.0) * (options.norm_lr_scale if id(param) in in_norms else 1.0)
         grouped.setdefault((scale, param.ndim > 1), []).append(param)
-    groups = [{"params": params, "lr": lr * scale, "weight_decay": weight_decay if decays else 0.0}
+    groups = [{"params": params, "lr": lr * scale, "lr_scale": scale, "weight_decay": weight_decay if decays else 0.0}
               for (scale, decays), params in grouped.items()]
     # fused: one kernel per step rather than a dozen passes over every parameter; on 2 CPU cores the
     # AdamW step of resnet26d takes 5.5 ms instead of 23.5 ms (bench/optimizer.py).
@@ -36,6 +36,14 @@ def build_optimizer(model: nn.Module, options: OptimisationOptions,
     if options.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=options.momentum, nesterov=options.momentum > 0, fused=True)
     return torch.optim.RMSprop(groups, lr=lr, foreach=True)  # PyTorch has no fused RMSprop
+
+
+def base_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The rate --lr sets, where the schedule has brought it: the epoch line's and history.csv's lr. Not a
+    group's own: under layer-wise rates the first group is the stem's, a few hundred times lower. A caller's
+    optimizer, whose groups carry no lr_scale, reports its first group's rate."""
+    group = optimizer.param_groups[0]
+    return group["lr"] / group.get("lr_scale", 1.0)
 
 
 PLATEAU_THRESHOLD = 1e-4  # a val_loss must beat the best by this much to count as progress
