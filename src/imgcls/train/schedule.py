@@ -40,7 +40,7 @@ def build_optimizer(model: nn.Module, options: OptimisationOptions,
 
 def base_lr(optimizer: torch.optim.Optimizer) -> float:
     """The rate --lr sets, where the schedule has brought it: the epoch line's and history.csv's lr. Not a
-    group's own: under layer-wise rates the first group is the stem's, a few hundred times lower. A caller's
+    group's own: under layer-wise rates the first group is the stem's, lower by up to a few hundred times. A caller's
     optimizer, whose groups carry no lr_scale, reports its first group's rate."""
     group = optimizer.param_groups[0]
     return group["lr"] / group.get("lr_scale", 1.0)
